@@ -1,0 +1,24 @@
+"""Synthetic datasets, generated deterministically and cached under data/ (see data/README.md)."""
+
+from .cache import cache_dir, cached
+from .rgbd import (
+    CLASSES,
+    SPLIT_SIZES,
+    VISIBILITY,
+    RGBDConfig,
+    corrupted_patches,
+    generate_rgbd_scenes,
+    load_rgbd_scenes,
+)
+
+__all__ = [
+    "CLASSES",
+    "SPLIT_SIZES",
+    "VISIBILITY",
+    "RGBDConfig",
+    "cache_dir",
+    "cached",
+    "corrupted_patches",
+    "generate_rgbd_scenes",
+    "load_rgbd_scenes",
+]

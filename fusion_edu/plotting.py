@@ -1,0 +1,147 @@
+"""Matplotlib helpers the notebooks and the widgets share; each returns its Figure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+__all__ = [
+    "attention_heatmap",
+    "draw_patch_grid",
+    "label_colormap",
+    "plot_attention_map",
+    "plot_history",
+    "plot_segmentations",
+    "show_rgbd_scene",
+]
+
+PANEL_INCHES = 2.2  # width and height of one image panel
+_PALETTE = ["#202020", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
+            "#f032e6", "#bfef45", "#fabed4"]
+
+
+def label_colormap(num_classes: int) -> ListedColormap:
+    """A fixed colour per class (background black), for label maps and predictions."""
+    if num_classes > len(_PALETTE):
+        raise ValueError(f"label_colormap has {len(_PALETTE)} colours, asked for {num_classes}")
+    return ListedColormap(_PALETTE[:num_classes])
+
+
+def _panels(count: int, rows: int = 1) -> tuple[Figure, np.ndarray]:
+    columns = -(-count // rows)
+    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES * columns, PANEL_INCHES * rows),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _rgb(image: Tensor) -> np.ndarray:
+    """``(3, H, W)`` or ``(1, H, W)`` tensor -> array imshow understands."""
+    array = image.detach().cpu().float().numpy()
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str = "white") -> None:
+    """Overlay the P x P patch grid that PatchEmbed cuts the image into."""
+    for edge in np.arange(patch_size, image_size, patch_size) - 0.5:
+        ax.axhline(edge, color=colour, linewidth=0.5, alpha=0.6)
+        ax.axvline(edge, color=colour, linewidth=0.5, alpha=0.6)
+
+
+def show_rgbd_scene(scenes: Mapping[str, Tensor], index: int, class_names: Sequence[str],
+                    visibility_names: Sequence[str]) -> Figure:
+    """One RGB-D scene: RGB, depth, labels, visibility kinds, and the corruption masks."""
+    fig, axes = _panels(5)
+    rgb, depth = scenes["rgb"][index], scenes["depth"][index]
+    axes[0, 0].imshow(_rgb(rgb))
+    axes[0, 0].set_title("RGB")
+    shown = axes[0, 1].imshow(_rgb(depth), cmap="viridis_r", vmin=0, vmax=1)
+    axes[0, 1].set_title("depth (near = yellow)")
+    fig.colorbar(shown, ax=axes[0, 1], fraction=0.046)
+    axes[0, 2].imshow(scenes["label"][index], cmap=label_colormap(len(class_names)),
+                      vmin=0, vmax=len(class_names) - 1, interpolation="nearest")
+    axes[0, 2].set_title("label")
+    axes[0, 3].imshow(scenes["visibility"][index], cmap=label_colormap(len(visibility_names)),
+                      vmin=0, vmax=len(visibility_names) - 1, interpolation="nearest")
+    axes[0, 3].set_title("visible in")
+    corruption = np.zeros((*scenes["label"].shape[1:], 3))
+    corruption[scenes["rgb_corrupt"][index].numpy()] = (1.0, 0.9, 0.2)
+    corruption[scenes["depth_corrupt"][index].numpy()] = (0.2, 0.6, 1.0)
+    axes[0, 4].imshow(corruption)
+    axes[0, 4].set_title("glare (yellow), depth (blue)", fontsize=8)
+    return fig
+
+
+def attention_heatmap(attention: Tensor, layer: int, head: int, query: int, grid_size: int,
+                      prefix_tokens: int = 1) -> np.ndarray:
+    """The attention row of patch ``query`` over the patches, as a ``grid x grid`` array.
+
+    ``attention`` is ``(layers, heads, n, n)`` for one sample, tokens ``[CLS; patches]``.
+    """
+    row = attention[layer, head, prefix_tokens + query, prefix_tokens:]
+    return row.detach().cpu().float().reshape(grid_size, grid_size).numpy()
+
+
+def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, query: int,
+                       patch_size: int, prefix_tokens: int = 1) -> Figure:
+    """The widget callback: the image with the query patch boxed, and where that patch attends.
+
+    ``image`` is ``(c, H, W)``; ``attention`` is ``(layers, heads, n, n)`` for that image.
+    """
+    grid = image.shape[-1] // patch_size
+    if not 0 <= query < grid * grid:
+        raise ValueError(f"query patch must lie in [0, {grid * grid}), got {query}")
+    heatmap = attention_heatmap(attention, layer, head, query, grid, prefix_tokens)
+    cls_share = attention[layer, head, prefix_tokens + query, :prefix_tokens].sum().item()
+    fig, axes = _panels(2)
+    row, col = divmod(query, grid)
+    for ax in axes[0]:
+        ax.imshow(_rgb(image), cmap="viridis_r")
+        draw_patch_grid(ax, image.shape[-1], patch_size)
+        ax.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size,
+                               patch_size, fill=False, edgecolor="red", linewidth=2))
+    axes[0, 0].set_title(f"query patch {query} (row {row}, col {col})", fontsize=8)
+    axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
+                      alpha=0.75)
+    axes[0, 1].set_title(f"layer {layer}, head {head}; to CLS: {cls_share:.2f}", fontsize=8)
+    return fig
+
+
+def plot_history(histories: Mapping[str, list[dict]]) -> Figure:
+    """Training loss and validation mIoU per epoch, one line per named run."""
+    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+    for name, history in histories.items():
+        epochs = [record["epoch"] for record in history]
+        loss_ax.plot(epochs, [record["train_loss"] for record in history], label=name)
+        if "val_miou" in history[0]:
+            miou_ax.plot(epochs, [record["val_miou"] for record in history], label=name)
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    miou_ax.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU")
+    loss_ax.legend()
+    return fig
+
+
+def plot_segmentations(images: Sequence[tuple[str, Tensor]], label: Tensor,
+                       predictions: Mapping[str, Tensor], num_classes: int) -> Figure:
+    """Input images, the ground-truth label map and each model's prediction, side by side."""
+    fig, axes = _panels(len(images) + 1 + len(predictions))
+    panels = list(axes[0])
+    for ax, (title, image) in zip(panels, images, strict=False):
+        ax.imshow(_rgb(image), cmap="viridis_r")
+        ax.set_title(title)
+    cmap = label_colormap(num_classes)
+    maps = [("label", label), *((f"pred: {name}", pred) for name, pred in predictions.items())]
+    for ax, (title, values) in zip(panels[len(images):], maps, strict=True):
+        ax.imshow(torch.as_tensor(values).cpu(), cmap=cmap, vmin=0, vmax=num_classes - 1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -1,0 +1,250 @@
+"""Training and evaluation: one small loop every notebook shares.
+
+Datasets are dicts of tensors held in memory (``{"rgb": (n 3 H W), "label": (n H W), ...}``);
+a batch is the same dict sliced, so a model's forward receives its modalities by name and
+``batch["label"]`` is the target.  The loop is the textbook one:
+
+- AdamW, weight decay on weight matrices only (not on biases, norms, tokens or embeddings);
+- learning rate: linear warm-up, then cosine decay to zero;
+- gradient clipping by global norm;
+- loss = cross-entropy(logits, label) + the model's ``aux_loss`` when it has one;
+- mixed precision (bfloat16 autocast) on CUDA, full precision on the CPU;
+- every random draw (initialisation, shuffling, dropout) from ``seed``: same seed, same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .datasets.cache import cache_dir, read_if_valid, write_atomic
+from .metrics import accuracy, confusion_matrix, iou_per_class, mean_iou
+
+__all__ = [
+    "TrainConfig",
+    "batches",
+    "default_device",
+    "evaluate",
+    "fit",
+    "fit_or_load",
+    "learning_rate_factor",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "seeded",
+]
+
+LABEL_KEY = "label"
+EVAL_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1  # share of all steps spent warming up
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards.
+
+    ``with seeded(0): model = VisionTransformer(...)`` gives the same initial weights every time
+    without leaving global state behind.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def batches(data: Mapping[str, Tensor], batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[dict[str, Tensor]]:
+    """Slice a dict of equally long tensors into batches (the last one may be smaller)."""
+    lengths = {key: len(value) for key, value in data.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"all tensors in a dataset must have the same length, got {lengths}")
+    count = next(iter(lengths.values()))
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    for start in range(0, count, batch_size):
+        index = order[start:start + batch_size]
+        yield {key: value[index] for key, value in data.items()}
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_matrix = parameter.ndim >= 2 and name.endswith("weight")
+        (decay if is_matrix else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _to(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _loss(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
+    loss = F.cross_entropy(output.logits.float(), batch[LABEL_KEY])
+    if output.aux_loss is not None:
+        loss = loss + output.aux_loss
+    return loss
+
+
+def fit(model: nn.Module, train_data: Mapping[str, Tensor],
+        val_data: Mapping[str, Tensor] | None = None, config: TrainConfig = TrainConfig(),
+        device: torch.device | None = None, progress: bool = True) -> list[dict[str, float]]:
+    """Train ``model`` in place; return the history, one dict per epoch.
+
+    Each record holds ``epoch``, ``train_loss`` (mean over the epoch), ``lr`` (at its end),
+    ``seconds``, ``images_per_second`` and, with ``val_data``, ``val_loss``, ``val_accuracy``
+    and ``val_miou``.
+    """
+    device = device or default_device()
+    model.to(device)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+    count = len(train_data[LABEL_KEY])
+    steps_per_epoch = math.ceil(count / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = max(1, round(config.warmup_fraction * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
+    shuffler = torch.Generator().manual_seed(config.seed)
+    history = []
+    with seeded(config.seed):
+        for epoch in tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress):
+            model.train()
+            start, losses = time.perf_counter(), []
+            for batch in batches(train_data, config.batch_size, shuffle=True, generator=shuffler):
+                batch = _to(batch, device)
+                with _autocast(device):
+                    loss = _loss(model(batch), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.detach())
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
+                      "lr": schedule.get_last_lr()[0], "seconds": seconds,
+                      "images_per_second": count / seconds}
+            if val_data is not None:
+                scores = evaluate(model, val_data, device=device)
+                record.update({f"val_{key}": scores[key] for key in ("loss", "accuracy", "miou")})
+            history.append(record)
+    return history
+
+
+def _outputs(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None
+             ) -> Iterator[tuple[dict[str, Tensor], Any]]:
+    device = device or next(model.parameters()).device
+    model.to(device).eval()
+    with torch.inference_mode():
+        for batch in batches(data, EVAL_BATCH_SIZE):
+            batch = _to(batch, device)
+            with _autocast(device):
+                yield batch, model(batch)
+
+
+def predict(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None = None
+            ) -> Tensor:
+    """Class predictions (argmax of the logits) for the whole dataset, on the CPU."""
+    return torch.cat([output.logits.argmax(1).cpu() for _, output in _outputs(model, data, device)])
+
+
+def evaluate(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None = None
+             ) -> dict[str, Any]:
+    """Mean loss, accuracy, mIoU and per-class IoU (a list) of ``model`` on ``data``."""
+    confusion, loss_sum, count = None, 0.0, 0
+    for batch, output in _outputs(model, data, device):
+        num_classes = output.logits.shape[1]
+        batch_confusion = confusion_matrix(output.logits.argmax(1), batch[LABEL_KEY], num_classes)
+        confusion = batch_confusion if confusion is None else confusion + batch_confusion
+        loss_sum += _loss(output, batch).item() * len(batch[LABEL_KEY])
+        count += len(batch[LABEL_KEY])
+    confusion = confusion.cpu()
+    return {"loss": loss_sum / count, "accuracy": accuracy(confusion), "miou": mean_iou(confusion),
+            "iou": iou_per_class(confusion).tolist()}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, history: list[dict] | None = None,
+                    description: dict | None = None) -> None:
+    """Write the model's weights and history atomically, with a checksum (see datasets.cache)."""
+    payload = {"model": model.state_dict(), "history": history or []}
+    write_atomic(Path(path), payload, description or {})
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, description: dict | None = None
+                    ) -> list[dict] | None:
+    """Load weights saved by ``save_checkpoint`` into ``model``; return the history, or None
+    when the file is missing, corrupt, or was saved for another description."""
+    payload = read_if_valid(Path(path), description or {})
+    if payload is None:
+        return None
+    model.load_state_dict(payload["model"])
+    return payload["history"]
+
+
+def _fingerprint(model: nn.Module, data: Mapping[str, Tensor]) -> str:
+    digest = hashlib.sha256(repr(model).encode())
+    for key in sorted(data):
+        digest.update(key.encode())
+        digest.update(data[key].contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fit_or_load(name: str, model: nn.Module, train_data: Mapping[str, Tensor],
+                val_data: Mapping[str, Tensor] | None = None,
+                config: TrainConfig = TrainConfig(), device: torch.device | None = None,
+                progress: bool = True) -> list[dict[str, float]]:
+    """``fit``, unless weights trained the same way are cached under data/models/ (then load).
+
+    The cache key covers the architecture, the training data and the config, so a changed
+    notebook retrains.  A second run in class is instant; a clean clone always trains.
+    """
+    path = cache_dir() / "models" / f"{name}.pt"
+    device = device or default_device()
+    description = {"config": asdict(config), "fingerprint": _fingerprint(model, train_data),
+                   "device": device.type}
+    history = load_checkpoint(path, model, description)
+    if history is None:
+        history = fit(model, train_data, val_data, config, device, progress)
+        save_checkpoint(path, model, history, description)
+    return history
