@@ -67,10 +67,10 @@ def show_rgbd_scene(scenes: Mapping[str, Tensor], index: int, class_names: Seque
     shown = axes[0, 1].imshow(_rgb(depth), cmap="viridis_r", vmin=0, vmax=1)
     axes[0, 1].set_title("depth (near = yellow)")
     fig.colorbar(shown, ax=axes[0, 1], fraction=0.046)
-    axes[0, 2].imshow(scenes["label"][index], cmap=label_colormap(len(class_names)),
+    axes[0, 2].imshow(scenes["label"][index].numpy(), cmap=label_colormap(len(class_names)),
                       vmin=0, vmax=len(class_names) - 1, interpolation="nearest")
     axes[0, 2].set_title("label")
-    axes[0, 3].imshow(scenes["visibility"][index], cmap=label_colormap(len(visibility_names)),
+    axes[0, 3].imshow(scenes["visibility"][index].numpy(), cmap=label_colormap(len(visibility_names)),
                       vmin=0, vmax=len(visibility_names) - 1, interpolation="nearest")
     axes[0, 3].set_title("visible in")
     corruption = np.zeros((*scenes["label"].shape[1:], 3))
@@ -141,7 +141,7 @@ def plot_segmentations(images: Sequence[tuple[str, Tensor]], label: Tensor,
     cmap = label_colormap(num_classes)
     maps = [("label", label), *((f"pred: {name}", pred) for name, pred in predictions.items())]
     for ax, (title, values) in zip(panels[len(images):], maps, strict=True):
-        ax.imshow(torch.as_tensor(values).cpu(), cmap=cmap, vmin=0, vmax=num_classes - 1,
+        ax.imshow(torch.as_tensor(values).cpu().numpy(), cmap=cmap, vmin=0, vmax=num_classes - 1,
                   interpolation="nearest")
         ax.set_title(title, fontsize=9)
     return fig

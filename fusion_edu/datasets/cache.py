@@ -78,17 +78,17 @@ def read_if_valid(path: Path, description: dict) -> Any | None:
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        warnings.warn(f"cache {sidecar_path} is unreadable ({error}); rebuilding", stacklevel=3)
+        warnings.warn(f"cache {sidecar_path} is unreadable ({error}); not using it", stacklevel=3)
         return None
     expected = _normalise(description)
     if sidecar.get("description") != expected:
         warnings.warn(f"cache {path} is stale: expected {expected}, found "
-                      f"{sidecar.get('description')}; rebuilding", stacklevel=3)
+                      f"{sidecar.get('description')}; not using it", stacklevel=3)
         return None
     found = _sha256(path)
     if sidecar.get("sha256") != found:
         warnings.warn(f"cache {path} is corrupt: expected sha256 {sidecar.get('sha256')}, "
-                      f"found {found}; rebuilding", stacklevel=3)
+                      f"found {found}; not using it", stacklevel=3)
         return None
     return torch.load(path, weights_only=True, map_location="cpu")
 

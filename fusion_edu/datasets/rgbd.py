@@ -155,10 +155,15 @@ def _scene(rng: np.random.Generator, cfg: RGBDConfig) -> dict[str, np.ndarray]:
         class_index = int(rng.integers(1, len(CLASSES)))
         kind = int(rng.choice(3, p=cfg.visibility_probs)) + 1
         mask = _shape_mask(CLASSES[class_index], xs - cx, ys - cy, half)
+        # camouflage and flatness must also cover whatever an earlier object left under this one
+        colour = background
         if VISIBILITY[kind] != "depth_only":
-            colour_map[:, mask] = _distinct_colour(rng, background, cfg.min_colour_distance)[:, None]
+            colour = _distinct_colour(rng, background, cfg.min_colour_distance)
+        colour_map[:, mask] = colour[:, None]
+        height = 0.0
         if VISIBILITY[kind] != "rgb_only":
-            depth[mask] = floor[mask] - rng.uniform(cfg.min_height, cfg.max_height)
+            height = rng.uniform(cfg.min_height, cfg.max_height)
+        depth[mask] = floor[mask] - height
         label[mask], visibility[mask], instance[mask] = class_index, kind, len(placed)
     rgb = colour_map + rng.normal(0, cfg.rgb_noise, size=colour_map.shape)  # texture
     depth = depth + rng.normal(0, cfg.depth_noise, size=depth.shape)  # sensor noise

@@ -1,0 +1,32 @@
+"""Shared fixtures: a throwaway cache folder and a tiny RGB-D set."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests; set before pyplot is imported
+
+import pytest
+import torch
+
+from fusion_edu.datasets import RGBDConfig, generate_rgbd_scenes
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """Point the dataset/model cache at an empty temporary folder."""
+    monkeypatch.setenv("FUSION_EDU_DATA", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_scenes():
+    """200 scenes, generated once per test session (no cache involved)."""
+    return generate_rgbd_scenes(200, seed=123, config=RGBDConfig())
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    """CPU results depend on the thread count; pin it so tests are reproducible."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,48 @@
+"""environment.yml and pyproject.toml must name the same packages, so they cannot drift."""
+
+import re
+from pathlib import Path
+
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
+NOT_PACKAGES = {"python", "pip"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project, {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+
+
+def _environment():
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
+
+
+def test_environment_and_pyproject_name_the_same_packages():
+    _, pyproject_names = _pyproject()
+    environment = _environment()
+    conda = [d for d in environment["dependencies"] if isinstance(d, str)]
+    conda_names = {CONDA_NAMES.get(_name(d), _name(d)) for d in conda} - NOT_PACKAGES
+    assert conda_names == pyproject_names
+
+
+def test_environment_installs_the_package_and_python_311():
+    environment = _environment()
+    assert environment["channels"] == ["conda-forge"]
+    assert "python=3.11" in environment["dependencies"]
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert pip_section == ["--editable ."]
+
+
+def test_lower_bounds_only_never_exact_pins():
+    project, _ = _pyproject()
+    assert project["requires-python"] == ">=3.10"
+    for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        assert ">=" in requirement and "==" not in requirement, requirement
+    assert any(_name(r) == "torch" for r in project["dependencies"])

@@ -1,0 +1,68 @@
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from fusion_edu.datasets import CLASSES, VISIBILITY
+from fusion_edu.plotting import (
+    attention_heatmap,
+    plot_attention_map,
+    plot_history,
+    plot_segmentations,
+    show_rgbd_scene,
+)
+from fusion_edu.train import seeded
+from fusion_edu.vit import VisionTransformer
+from fusion_edu.widgets import attention_explorer, sample_attention
+
+
+def _attention(layers=2, heads=3, grid=2):
+    tokens = 1 + grid * grid
+    return torch.softmax(torch.randn(layers, heads, tokens, tokens), dim=-1)
+
+
+def test_attention_heatmap_is_the_query_row_over_patches():
+    attention = _attention()
+    heatmap = attention_heatmap(attention, layer=1, head=2, query=3, grid_size=2)
+    expected = attention[1, 2, 4, 1:].reshape(2, 2).numpy()
+    np.testing.assert_array_equal(heatmap, expected)
+
+
+def test_attention_widget_callback_draws_the_heatmap():
+    attention = _attention()
+    image = torch.rand(3, 8, 8)
+    figure = plot_attention_map(image, attention, layer=0, head=1, query=2, patch_size=4)
+    shown = figure.axes[1].images[-1].get_array()
+    expected = np.kron(attention[0, 1, 3, 1:].reshape(2, 2).numpy(), np.ones((4, 4)))
+    np.testing.assert_allclose(shown, expected)
+    assert "layer 0, head 1" in figure.axes[1].get_title()
+    assert f"{attention[0, 1, 3, 0]:.2f}" in figure.axes[1].get_title()
+    plt.close(figure)
+    with pytest.raises(ValueError, match=r"query patch must lie in \[0, 4\), got 4"):
+        plot_attention_map(image, attention, 0, 0, 4, patch_size=4)
+
+
+def test_sample_attention_and_explorer(small_scenes):
+    with seeded(0):
+        model = VisionTransformer(img_size=32, patch_size=8, in_chans=1, embed_dim=16, depth=2,
+                                  num_heads=2, task="segmentation", modality="depth")
+    attention = sample_attention(model, small_scenes, 3)
+    assert attention.shape == (2, 2, 17, 17)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2, 17))
+    explorer = attention_explorer(model, small_scenes, "depth")
+    sliders = {child.description: child for child in explorer.children[:-1]}
+    assert sliders["layer"].max == 1 and sliders["head"].max == 1 and sliders["query_row"].max == 3
+    plt.close("all")
+
+
+def test_scene_history_and_segmentation_figures(small_scenes):
+    figure = show_rgbd_scene(small_scenes, 0, CLASSES, VISIBILITY)
+    assert [ax.get_title() for ax in figure.axes[:3]] == ["RGB", "depth (near = yellow)", "label"]
+    history = [{"epoch": 1, "train_loss": 1.0, "val_miou": 0.2},
+               {"epoch": 2, "train_loss": 0.5, "val_miou": 0.4}]
+    figure = plot_history({"rgb": history})
+    assert list(figure.axes[1].lines[0].get_ydata()) == [0.2, 0.4]
+    label = small_scenes["label"][0]
+    figure = plot_segmentations([("RGB", small_scenes["rgb"][0])], label, {"rgb": label}, 5)
+    assert [ax.get_title() for ax in figure.axes] == ["RGB", "label", "pred: rgb"]
+    plt.close("all")

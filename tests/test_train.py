@@ -1,0 +1,104 @@
+import itertools
+import re
+
+import pytest
+import torch
+
+from fusion_edu.flops import count_flops, count_parameters
+from fusion_edu.train import (
+    TrainConfig,
+    batches,
+    evaluate,
+    fit,
+    fit_or_load,
+    learning_rate_factor,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    seeded,
+)
+from fusion_edu.vit import VisionTransformer
+
+TINY = dict(img_size=32, patch_size=8, in_chans=1, num_classes=5, embed_dim=32, depth=1,
+            num_heads=2, task="segmentation", modality="depth")
+FAST = TrainConfig(epochs=2, batch_size=50, lr=3e-3)
+
+
+def _model(seed=0):
+    with seeded(seed):
+        return VisionTransformer(**TINY)
+
+
+def test_learning_rate_warmup_then_cosine():
+    factors = [learning_rate_factor(step, total_steps=10, warmup_steps=2) for step in range(11)]
+    assert factors[:2] == [0.5, 1.0]
+    assert factors[2] == pytest.approx(1.0)
+    assert factors[6] == pytest.approx(0.5)  # half way through the cosine
+    assert factors[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
+def test_batches_cover_the_data_once_and_check_lengths():
+    data = {"x": torch.arange(10), "label": torch.arange(10)}
+    seen = torch.cat([b["x"] for b in batches(data, 4, shuffle=True,
+                                                generator=torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(b["x"]) for b in batches(data, 4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match=re.escape("same length, got {'x': 10, 'label': 3}")):
+        next(batches({"x": torch.arange(10), "label": torch.arange(3)}, 4))
+
+
+def test_seeded_restores_the_callers_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    with seeded(0):
+        torch.rand(3)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_fit_learns_and_is_deterministic(small_scenes):
+    train = {k: small_scenes[k][:150] for k in ("depth", "label")}
+    val = {k: small_scenes[k][150:] for k in ("depth", "label")}
+    before = evaluate(_model(), val)["loss"]
+    history = fit(_model(), train, val, FAST, progress=False)
+    again = fit(_model(), train, val, FAST, progress=False)
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in again]
+    assert history[-1]["val_loss"] < before
+    assert set(history[0]) >= {"epoch", "train_loss", "lr", "val_loss", "val_accuracy", "val_miou"}
+    assert history[-1]["lr"] == pytest.approx(0.0)
+
+
+def test_checkpoint_round_trip(tmp_path, small_scenes):
+    data = {k: small_scenes[k][:20] for k in ("depth", "label")}
+    model = _model(seed=1)
+    save_checkpoint(tmp_path / "m.pt", model, history=[{"epoch": 1}], description={"a": 1})
+    restored = _model(seed=2)
+    assert not torch.equal(restored.head.proj.weight, model.head.proj.weight)
+    assert load_checkpoint(tmp_path / "m.pt", restored, {"a": 1}) == [{"epoch": 1}]
+    for (name, theirs), ours in zip(model.state_dict().items(), restored.state_dict().values(),
+                                    strict=True):
+        assert torch.equal(theirs, ours), name
+    with pytest.warns(UserWarning, match="is stale: expected {'a': 2}, found {'a': 1}"):
+        assert load_checkpoint(tmp_path / "m.pt", _model(), {"a": 2}) is None
+    assert torch.equal(predict(restored, data), predict(model, data))
+
+
+def test_fit_or_load_trains_once(tmp_cache, small_scenes):
+    train = {k: small_scenes[k][:60] for k in ("depth", "label")}
+    config = TrainConfig(epochs=1, batch_size=30)
+    first_model = _model()
+    first = fit_or_load("tiny", first_model, train, config=config, progress=False)
+    assert (tmp_cache / "models" / "tiny.pt").exists()
+    second_model = _model(seed=9)  # different init: only loading can make it equal
+    second = fit_or_load("tiny", second_model, train, config=config, progress=False)
+    assert second == first
+    torch.testing.assert_close(second_model.state_dict(), first_model.state_dict())
+
+
+def test_flop_and_parameter_counts():
+    layer = torch.nn.Linear(10, 20)
+    assert count_flops(layer, torch.zeros(3, 10)) == 2 * 3 * 10 * 20
+    assert count_parameters(layer) == 10 * 20 + 20
+    layer.bias.requires_grad_(False)
+    assert count_parameters(layer) == 200 and count_parameters(layer, trainable_only=False) == 220
