@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -9,13 +11,14 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
 __all__ = [
     "attention_heatmap",
     "draw_patch_grid",
     "label_colormap",
+    "outline_patches",
     "plot_attention_map",
     "plot_history",
     "plot_segmentations",
@@ -57,6 +60,21 @@ def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str 
         ax.axvline(edge, color=colour, linewidth=0.5, alpha=0.6)
 
 
+def outline_patches(ax: plt.Axes, token_mask: Tensor, patch_size: int, colour: str = "red") -> None:
+    """Draw a box around every patch whose entry in the row-major ``(N,)`` ``token_mask`` is True."""
+    grid = math.isqrt(token_mask.numel())
+    for token in torch.nonzero(token_mask.flatten()).flatten().tolist():
+        row, col = divmod(token, grid)
+        ax.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size,
+                               patch_size, fill=False, edgecolor=colour, linewidth=1.5))
+
+
+def _legend(ax: plt.Axes, names: Sequence[str], cmap: ListedColormap) -> None:
+    handles = [Patch(color=cmap(i), label=name) for i, name in enumerate(names)]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7,
+              ncol=2, frameon=False, handlelength=1)
+
+
 def show_rgbd_scene(scenes: Mapping[str, Tensor], index: int, class_names: Sequence[str],
                     visibility_names: Sequence[str]) -> Figure:
     """One RGB-D scene: RGB, depth, labels, visibility kinds, and the corruption masks."""
@@ -70,14 +88,20 @@ def show_rgbd_scene(scenes: Mapping[str, Tensor], index: int, class_names: Seque
     axes[0, 2].imshow(scenes["label"][index].numpy(), cmap=label_colormap(len(class_names)),
                       vmin=0, vmax=len(class_names) - 1, interpolation="nearest")
     axes[0, 2].set_title("label")
+    _legend(axes[0, 2], class_names, label_colormap(len(class_names)))
     axes[0, 3].imshow(scenes["visibility"][index].numpy(), cmap=label_colormap(len(visibility_names)),
                       vmin=0, vmax=len(visibility_names) - 1, interpolation="nearest")
     axes[0, 3].set_title("visible in")
+    _legend(axes[0, 3], visibility_names, label_colormap(len(visibility_names)))
     corruption = np.zeros((*scenes["label"].shape[1:], 3))
     corruption[scenes["rgb_corrupt"][index].numpy()] = (1.0, 0.9, 0.2)
     corruption[scenes["depth_corrupt"][index].numpy()] = (0.2, 0.6, 1.0)
     axes[0, 4].imshow(corruption)
-    axes[0, 4].set_title("glare (yellow), depth (blue)", fontsize=8)
+    axes[0, 4].set_title("damaged")
+    axes[0, 4].legend(handles=[Patch(color=(1.0, 0.9, 0.2), label="RGB glare"),
+                               Patch(color=(0.2, 0.6, 1.0), label="depth holes/noise")],
+                      loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False,
+                      handlelength=1)
     return fig
 
 
@@ -107,8 +131,7 @@ def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, 
     for ax in axes[0]:
         ax.imshow(_rgb(image), cmap="viridis_r")
         draw_patch_grid(ax, image.shape[-1], patch_size)
-        ax.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size,
-                               patch_size, fill=False, edgecolor="red", linewidth=2))
+        outline_patches(ax, torch.arange(grid * grid) == query, patch_size)
     axes[0, 0].set_title(f"query patch {query} (row {row}, col {col})", fontsize=8)
     axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
                       alpha=0.75)

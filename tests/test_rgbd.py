@@ -12,6 +12,7 @@ from fusion_edu.datasets import (
     corrupted_patches,
     generate_rgbd_scenes,
     load_rgbd_scenes,
+    object_visibility,
 )
 
 MIN_PIXELS = 4  # ignore objects almost entirely hidden or corrupted
@@ -150,3 +151,10 @@ def test_stale_cache_is_regenerated(tmp_cache):
 def test_no_temporary_files_left_behind(tmp_cache):
     load_rgbd_scenes("val", num_scenes=3)
     assert not [p for p in tmp_cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_object_visibility_by_hand():
+    instance = torch.tensor([[[0, 1], [2, 2]], [[1, 0], [0, 0]]], dtype=torch.uint8)
+    visibility = torch.tensor([[[0, 3], [2, 2]], [[1, 0], [0, 0]]], dtype=torch.uint8)
+    kinds = object_visibility({"instance": instance, "visibility": visibility})
+    assert kinds.tolist() == [3, 2, 1]  # scene 0: objects 1 and 2; scene 1: object 1

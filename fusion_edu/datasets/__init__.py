@@ -9,6 +9,7 @@ from .rgbd import (
     corrupted_patches,
     generate_rgbd_scenes,
     load_rgbd_scenes,
+    object_visibility,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "corrupted_patches",
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
+    "object_visibility",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "corrupted_patches",
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
+    "object_visibility",
 ]
 
 GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
@@ -209,6 +210,17 @@ def load_rgbd_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
     name = f"rgbd-{split}-seed{seed}-n{count}"
     return cached(name, description,
                   lambda: generate_rgbd_scenes(count, stream_seed, config))
+
+
+def object_visibility(scenes: dict[str, Tensor]) -> Tensor:
+    """The visibility kind (index into ``VISIBILITY``) of every object still visible in a scene,
+    ``(num_objects,)``, read from the ``instance`` and ``visibility`` maps."""
+    instance = scenes["instance"].long()
+    keys = torch.arange(len(instance))[:, None, None] * (instance.max() + 1) + instance  # n H W
+    foreground = instance > 0
+    kinds = torch.zeros(int(keys.max()) + 1, dtype=torch.long)
+    kinds[keys[foreground]] = scenes["visibility"][foreground].long()
+    return kinds[torch.unique(keys[foreground])]
 
 
 def corrupted_patches(pixel_mask: Tensor, patch_size: int, min_share: float = 0.5) -> Tensor:
