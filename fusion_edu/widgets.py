@@ -13,6 +13,7 @@ from functools import lru_cache
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 from torch import Tensor, nn
 
 from .plotting import plot_attention_map
@@ -40,7 +41,8 @@ def attention_explorer(model: nn.Module, data: Mapping[str, Tensor], modality: s
     def show(sample: int, layer: int, head: int, query_row: int, query_col: int) -> None:
         figure = plot_attention_map(data[modality][sample], attention_of(sample), layer, head,
                                     query_row * grid + query_col, patch_size)
-        plt.show(figure)
+        display(figure)
+        plt.close(figure)
 
     return widgets.interactive(
         show,

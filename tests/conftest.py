@@ -1,13 +1,12 @@
 """Shared fixtures: a throwaway cache folder and a tiny RGB-D set."""
 
-import os
-
-os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests; set before pyplot is imported
-
+import matplotlib
 import pytest
 import torch
 
 from fusion_edu.datasets import RGBDConfig, generate_rgbd_scenes
+
+matplotlib.use("Agg")  # no display in this process (notebook kernels keep their own backend)
 
 
 @pytest.fixture

@@ -46,3 +46,10 @@ def test_lower_bounds_only_never_exact_pins():
     for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
         assert ">=" in requirement and "==" not in requirement, requirement
     assert any(_name(r) == "torch" for r in project["dependencies"])
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.+?)\n```", readme)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
