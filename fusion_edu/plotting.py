@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
+from .datasets.rgbd import validate_rgbd
+
 __all__ = [
     "attention_heatmap",
     "draw_patch_grid",
@@ -77,6 +79,7 @@ def _legend(ax: plt.Axes, names: Sequence[str], cmap: ListedColormap) -> None:
 def show_rgbd_scene(scenes: Mapping[str, Tensor], index: int, class_names: Sequence[str],
                     visibility_names: Sequence[str]) -> Figure:
     """One RGB-D scene: RGB, depth, labels, visibility kinds, and the corruption masks."""
+    validate_rgbd(scenes)
     fig, axes = _panels(5)
     rgb, depth = scenes["rgb"][index], scenes["depth"][index]
     axes[0, 0].imshow(_rgb(rgb))

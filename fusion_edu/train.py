@@ -136,6 +136,9 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
     ``seconds``, ``images_per_second`` and, with ``val_data``, ``val_loss``, ``val_accuracy``
     and ``val_miou``.
     """
+    if LABEL_KEY not in train_data:
+        raise KeyError(f"expected the training data to hold its targets under {LABEL_KEY!r}, "
+                       f"got keys {sorted(train_data)}")
     device = device or default_device()
     model.to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)

@@ -13,6 +13,7 @@ from fusion_edu.datasets import (
     generate_rgbd_scenes,
     load_rgbd_scenes,
     object_visibility,
+    validate_rgbd,
 )
 
 MIN_PIXELS = 4  # ignore objects almost entirely hidden or corrupted
@@ -158,3 +159,21 @@ def test_object_visibility_by_hand():
     visibility = torch.tensor([[[0, 3], [2, 2]], [[1, 0], [0, 0]]], dtype=torch.uint8)
     kinds = object_visibility({"instance": instance, "visibility": visibility})
     assert kinds.tolist() == [3, 2, 1]  # scene 0: objects 1 and 2; scene 1: object 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(depth=torch.zeros(4, 1, 16, 16)), r"rgb and depth must be aligned \(same n, H, W\): got rgb "
+                                            r"\(4, 3, 32, 32\) and depth \(4, 1, 16, 16\)"),
+    (dict(depth=torch.zeros(3, 1, 32, 32)), "must be aligned"),
+    (dict(rgb=torch.zeros(4, 1, 32, 32)), r"expected rgb of shape \(n, 3, H, W\), got \(4, 1, 32, 32\)"),
+    (dict(depth=torch.zeros(4, 32, 32)), r"expected depth of shape \(n, 1, H, W\), got \(4, 32, 32\)"),
+    (dict(label=torch.zeros(4, 32, 31)), r"expected label of shape \(4, 32, 32\) \(n, H, W\), got"),
+])
+def test_misaligned_rgbd_is_named(change, message):
+    scenes = {"rgb": torch.zeros(4, 3, 32, 32), "depth": torch.zeros(4, 1, 32, 32),
+              "label": torch.zeros(4, 32, 32)}
+    validate_rgbd(scenes)  # aligned: no error
+    with pytest.raises(ValueError, match=message):
+        validate_rgbd({**scenes, **change})
+    with pytest.raises(KeyError, match=r"missing \['depth'\]"):
+        validate_rgbd({"rgb": scenes["rgb"], "label": scenes["label"]})

@@ -69,6 +69,11 @@ def test_fit_learns_and_is_deterministic(small_scenes):
     assert history[-1]["lr"] == pytest.approx(0.0)
 
 
+def test_fit_names_missing_targets(small_scenes):
+    with pytest.raises(KeyError, match=r"targets under 'label', got keys \['depth'\]"):
+        fit(_model(), {"depth": small_scenes["depth"][:4]}, config=FAST, progress=False)
+
+
 def test_checkpoint_round_trip(tmp_path, small_scenes):
     data = {k: small_scenes[k][:20] for k in ("depth", "label")}
     model = _model(seed=1)

@@ -10,6 +10,7 @@ from .rgbd import (
     generate_rgbd_scenes,
     load_rgbd_scenes,
     object_visibility,
+    validate_rgbd,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
     "object_visibility",
+    "validate_rgbd",
 ]

@@ -17,7 +17,7 @@ The layout of the returned dict is documented in ``data/README.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ __all__ = [
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
     "object_visibility",
+    "validate_rgbd",
 ]
 
 GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
@@ -208,8 +209,33 @@ def load_rgbd_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
     description = {"generator": "rgbd", "version": GENERATOR_VERSION, "split": split,
                    "seed": seed, "num_scenes": count, "config": asdict(config)}
     name = f"rgbd-{split}-seed{seed}-n{count}"
-    return cached(name, description,
-                  lambda: generate_rgbd_scenes(count, stream_seed, config))
+    scenes = cached(name, description, lambda: generate_rgbd_scenes(count, stream_seed, config))
+    validate_rgbd(scenes)
+    return scenes
+
+
+def validate_rgbd(scenes: Mapping[str, Tensor]) -> None:
+    """Check that ``scenes`` holds aligned ``rgb (n 3 H W)``, ``depth (n 1 H W)``, ``label (n H W)``.
+
+    Raises an error naming what was expected and what came, so that a student's own RGB-D data
+    (or a real dataset on Colab) fails early and clearly instead of broadcasting silently.
+    """
+    missing = sorted({"rgb", "depth", "label"} - set(scenes))
+    if missing:
+        raise KeyError(f"expected keys 'rgb', 'depth' and 'label', missing {missing}; "
+                       f"got {sorted(scenes)}")
+    rgb, depth, label = scenes["rgb"], scenes["depth"], scenes["label"]
+    for name, tensor, channels in (("rgb", rgb, 3), ("depth", depth, 1)):
+        if tensor.ndim != 4 or tensor.shape[1] != channels:
+            raise ValueError(f"expected {name} of shape (n, {channels}, H, W), got "
+                             f"{tuple(tensor.shape)}")
+    if depth.shape[0] != rgb.shape[0] or depth.shape[2:] != rgb.shape[2:]:
+        raise ValueError(f"rgb and depth must be aligned (same n, H, W): got rgb "
+                         f"{tuple(rgb.shape)} and depth {tuple(depth.shape)}")
+    expected_label = (rgb.shape[0], *rgb.shape[2:])
+    if tuple(label.shape) != expected_label:
+        raise ValueError(f"expected label of shape {expected_label} (n, H, W), got "
+                         f"{tuple(label.shape)}")
 
 
 def object_visibility(scenes: dict[str, Tensor]) -> Tensor:
