@@ -15,7 +15,7 @@ Mlp and DropPath come from timm: they are not the lesson here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "Mlp",
     "ModelOutput",
     "PatchEmbed",
+    "aligned_modalities",
     "init_vit_weights",
     "select_modality",
     "sincos_2d_position_embedding",
@@ -46,12 +47,32 @@ class ModelOutput:
 
     ``aux_loss`` is an extra term the training loop adds to the task loss (TokenFusion's l1
     sparsity, for instance); ``attention`` holds one ``(b, heads, n, n)`` tensor per layer when
-    the forward was asked for it.
+    the forward was asked for it.  A fusion model whose ``logits`` ensemble per-modality
+    predictions returns those in ``modality_logits``: the training loop puts the task loss on
+    each of them as well as on the ensemble (as TokenFusion's official training does).
     """
 
     logits: Tensor
     attention: list[Tensor] | None = None
     aux_loss: Tensor | None = None
+    modality_logits: dict[str, Tensor] | None = None
+
+
+def aligned_modalities(inputs: Mapping[str, Tensor], modalities: Sequence[str]) -> list[Tensor]:
+    """``[inputs[m] for m in modalities]``, checked to be images of one batch and one size.
+
+    Pixel-aligned fusion (adding or stacking aligned tokens) is only meaningful when every
+    modality has the same ``(b, _, H, W)``; anything else raises, naming every shape.
+    """
+    if len(modalities) < 2:
+        raise ValueError(f"fusion needs at least two modalities, got {list(modalities)}")
+    images = [select_modality(inputs, name) for name in modalities]
+    shapes = {name: tuple(image.shape) for name, image in zip(modalities, images, strict=True)}
+    if any(image.ndim != 4 for image in images) or len(
+            {(image.shape[0], *image.shape[2:]) for image in images}) != 1:
+        raise ValueError(f"expected aligned images (batch, channels, H, W) with the same batch, H "
+                         f"and W for every modality, got {shapes}")
+    return images
 
 
 def select_modality(inputs: Tensor | Mapping[str, Tensor], modality: str) -> Tensor:

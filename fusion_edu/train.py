@@ -7,7 +7,8 @@ a batch is the same dict sliced, so a model's forward receives its modalities by
 - AdamW, weight decay on weight matrices only (not on biases, norms, tokens or embeddings);
 - learning rate: linear warm-up, then cosine decay to zero;
 - gradient clipping by global norm;
-- loss = cross-entropy(logits, label) + the model's ``aux_loss`` when it has one;
+- loss = cross-entropy(logits, label), plus the same on each modality's logits when a fusion
+  model returns them, plus the model's ``aux_loss`` when it has one;
 - mixed precision (bfloat16 autocast) on CUDA, full precision on the CPU;
 - every random draw (initialisation, shuffling, dropout) from ``seed``: same seed, same numbers.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "predict",
     "save_checkpoint",
     "seeded",
+    "training_loss",
 ]
 
 LABEL_KEY = "label"
@@ -120,8 +122,12 @@ def _to(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _loss(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
-    loss = F.cross_entropy(output.logits.float(), batch[LABEL_KEY])
+def training_loss(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
+    """Task loss on the prediction (and on each modality's, if any) plus the model's aux loss."""
+    target = batch[LABEL_KEY]
+    loss = F.cross_entropy(output.logits.float(), target)
+    for logits in (output.modality_logits or {}).values():
+        loss = loss + F.cross_entropy(logits.float(), target)
     if output.aux_loss is not None:
         loss = loss + output.aux_loss
     return loss
@@ -157,7 +163,7 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
             for batch in batches(train_data, config.batch_size, shuffle=True, generator=shuffler):
                 batch = _to(batch, device)
                 with _autocast(device):
-                    loss = _loss(model(batch), batch)
+                    loss = training_loss(model(batch), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -200,7 +206,7 @@ def evaluate(model: nn.Module, data: Mapping[str, Tensor], device: torch.device 
         num_classes = output.logits.shape[1]
         batch_confusion = confusion_matrix(output.logits.argmax(1), batch[LABEL_KEY], num_classes)
         confusion = batch_confusion if confusion is None else confusion + batch_confusion
-        loss_sum += _loss(output, batch).item() * len(batch[LABEL_KEY])
+        loss_sum += training_loss(output, batch).item() * len(batch[LABEL_KEY])
         count += len(batch[LABEL_KEY])
     confusion = confusion.cpu()
     return {"loss": loss_sum / count, "accuracy": accuracy(confusion), "miou": mean_iou(confusion),

@@ -105,16 +105,20 @@ class VisionTransformer(nn.Module):
         self.apply(init_vit_weights)
         nn.init.normal_(self.cls_token, std=1e-6)
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Eq. 1: z_0 = [x_class; x_p E] + E_pos, ``(b, c, H, W) -> (b, 1 + N, d)``."""
-        patches = self.patch_embed(images)  # b n d
+    def patch_tokens(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """x_p E of Eq. 1 for this model's modality, ``(b, N, d)``."""
+        return self.patch_embed(select_modality(inputs, self.modality))
+
+    def embed(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Eq. 1: z_0 = [x_class; x_p E] + E_pos, ``(b, 1 + N, d)``."""
+        patches = self.patch_tokens(inputs)  # b n d
         cls = self.cls_token.expand(patches.shape[0], -1, -1)  # b 1 d
         return self.pos_drop(torch.cat([cls, patches], dim=1) + self.pos_embed)
 
-    def forward_features(self, images: Tensor, return_attention: bool = False
-                         ) -> tuple[Tensor, list[Tensor]]:
+    def forward_features(self, inputs: Tensor | Mapping[str, Tensor],
+                         return_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Eq. 1-4 up to the final LayerNorm: tokens ``(b, 1 + N, d)`` and, if asked, attention."""
-        tokens = self.embed(images)
+        tokens = self.embed(inputs)
         attention = []
         for block in self.blocks:
             tokens, weights = block(tokens, return_attention=return_attention)
@@ -124,8 +128,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, inputs: Tensor | Mapping[str, Tensor],
                 return_attention: bool = False) -> ModelOutput:
-        images = select_modality(inputs, self.modality)
-        tokens, attention = self.forward_features(images, return_attention)
+        tokens, attention = self.forward_features(inputs, return_attention)
         if self.task == "classification":
             logits = self.head(tokens[:, 0])  # class token, Eq. 4
         else:
