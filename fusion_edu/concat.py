@@ -37,7 +37,8 @@ from .blocks import (
 )
 from .vit import NUM_PREFIX_TOKENS, POS_STD, DenseHead, VisionTransformer
 
-__all__ = ["InputFusion", "LateFusion", "LearnedEnsemble", "TokenConcatFusion"]
+__all__ = ["InputFusion", "LateFusion", "LearnedEnsemble", "TokenConcatFusion",
+           "cross_modal_attention"]
 
 
 class LearnedEnsemble(nn.Module):
@@ -81,8 +82,8 @@ class TokenConcatFusion(nn.Module):
         self.modalities = list(modalities)
         self.patch_embeds = nn.ModuleDict(
             {m: PatchEmbed(img_size, patch_size, c, embed_dim) for m, c in modalities.items()})
-        num_patches = self.patch_embeds[self.modalities[0]].num_patches
-        grid = self.patch_embeds[self.modalities[0]].grid_size
+        self.num_patches = self.patch_embeds[self.modalities[0]].num_patches  # N per modality
+        num_patches, grid = self.num_patches, self.patch_embeds[self.modalities[0]].grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embeds = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(1, num_patches, embed_dim) * POS_STD) for m in modalities})
@@ -97,17 +98,21 @@ class TokenConcatFusion(nn.Module):
         self.apply(init_vit_weights)
         nn.init.normal_(self.cls_token, std=1e-6)
 
-    def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> ModelOutput:
+    def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Eq. 1: ``[CLS; E_1 x^1 + P_1 + t_1; ...; E_M x^M + P_M + t_M]``, ``(b, 1 + M N, d)``."""
         sequences = [self.patch_embeds[m](select_modality(inputs, m)) + self.pos_embeds[m]
                      + self.modality_embed[i] for i, m in enumerate(self.modalities)]  # M x (b n d)
         cls = self.cls_token.expand(sequences[0].shape[0], -1, -1)
-        tokens = torch.cat([cls, *sequences], dim=1)  # b (1 + M n) d, Eq. 1
+        return torch.cat([cls, *sequences], dim=1)
+
+    def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> ModelOutput:
+        tokens = self.embed(inputs)  # b (1 + M n) d
         attention = []
         for block in self.blocks:
             tokens, weights = block(tokens, return_attention=return_attention)
             attention.append(weights)
         tokens = self.norm(tokens)[:, NUM_PREFIX_TOKENS:]
-        per_modality = tokens.split([s.shape[1] for s in sequences], dim=1)  # M x (b n d)
+        per_modality = tokens.split(self.num_patches, dim=1)  # M x (b n d)
         logits = {m: self.heads[m](t) for m, t in zip(self.modalities, per_modality, strict=True)}
         return ModelOutput(logits=self.ensemble(logits), modality_logits=logits,
                            attention=attention if return_attention else None)
@@ -145,3 +150,25 @@ class LateFusion(nn.Module):
     def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> ModelOutput:
         logits = {m: model(inputs).logits for m, model in self.models.items()}
         return ModelOutput(logits=self.ensemble(logits), modality_logits=logits)
+
+
+def cross_modal_attention(attention: Sequence[Tensor], num_patches: int, source: int = 0,
+                          target: int = 1) -> tuple[list[float], list[float]]:
+    """Does token concat learn the alignment?  Per layer, from ``TokenConcatFusion``'s attention:
+
+    - the attention mass a token of modality ``source`` puts on all tokens of modality ``target``;
+    - the share of that mass on its *aligned partner* (the target token at the same position);
+      uniform reading would give 1 / N.
+
+    ``attention`` is one ``(b, heads, 1 + M N, 1 + M N)`` tensor per layer (class token first).
+    """
+    rows = slice(NUM_PREFIX_TOKENS + source * num_patches, NUM_PREFIX_TOKENS + (source + 1) * num_patches)
+    columns = slice(NUM_PREFIX_TOKENS + target * num_patches,
+                    NUM_PREFIX_TOKENS + (target + 1) * num_patches)
+    mass, partner_share = [], []
+    for weights in attention:
+        to_target = weights[:, :, rows, columns].float()  # b h N N
+        mass.append(to_target.sum(-1).mean().item())
+        partner = to_target.diagonal(dim1=-2, dim2=-1) / to_target.sum(-1)  # b h N
+        partner_share.append(partner.mean().item())
+    return mass, partner_share

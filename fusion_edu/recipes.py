@@ -42,5 +42,6 @@ def train_single_modal(modality: str, train: Mapping[str, Tensor], val: Mapping[
         raise KeyError(f"expected a modality in {list(RGBD_CHANNELS)}, got {modality!r}")
     with seeded(config.seed):
         model = VisionTransformer(**RGBD_VIT, in_chans=RGBD_CHANNELS[modality], modality=modality)
-    history = fit_or_load(f"rgbd_vit_{modality}_seed{config.seed}", model, train, val, config, progress=progress)
+    name = f"rgbd_vit_{modality}_seed{config.seed}"
+    history = fit_or_load(name, model, train, val, config, progress=progress)
     return model, history

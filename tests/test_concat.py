@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from fusion_edu.blocks import ModelOutput
-from fusion_edu.concat import InputFusion, LateFusion, LearnedEnsemble, TokenConcatFusion
+from fusion_edu.concat import (
+    InputFusion,
+    LateFusion,
+    LearnedEnsemble,
+    TokenConcatFusion,
+    cross_modal_attention,
+)
 from fusion_edu.train import seeded, training_loss
 from fusion_edu.vit import VisionTransformer
 
@@ -107,3 +113,13 @@ def test_loss_covers_the_ensemble_and_each_modality():
                          aux_loss=torch.tensor(0.5))
     expected = sum(F.cross_entropy(x, target) for x in (ensemble, rgb, depth)) + 0.5
     torch.testing.assert_close(training_loss(output, {"label": target}), expected)
+
+
+def test_cross_modal_attention_by_hand():
+    n = 2  # tokens per modality; sequence [CLS, r0, r1, d0, d1]
+    weights = torch.zeros(1, 1, 5, 5)
+    weights[0, 0, 1] = torch.tensor([0.2, 0.2, 0.0, 0.6, 0.0])  # r0: 0.6 on d0 (its partner)
+    weights[0, 0, 2] = torch.tensor([0.0, 0.5, 0.3, 0.1, 0.1])  # r1: 0.2 on depth, half on d1
+    mass, partner = cross_modal_attention([weights], n)
+    assert mass == pytest.approx([(0.6 + 0.2) / 2])
+    assert partner == pytest.approx([(1.0 + 0.5) / 2])
