@@ -1,0 +1,310 @@
+"""TokenFusion: Wang et al., "Multimodal Token Fusion for Vision Transformers", CVPR 2022.
+
+Homogeneous (pixel-aligned) modalities, one shared transformer run once per modality.  Before each
+layer l a small MLP scores every token of every modality, s^l(e) in [0, 1]; the scores multiply the
+attention output so that they receive gradient (Eq. 4); an l1 penalty pushes them towards zero
+(Eq. 5); and a token whose score falls below theta is *substituted* by the aligned token of another
+modality (Eq. 6), so that an uninformative token (glare, a depth hole) is replaced by one that
+still sees the scene.  Residual Positional Alignment re-adds the positional embedding before every
+layer (Sec. 3.3), so a substituted token keeps its position.
+
+Where the paper is vague this module follows the official code (yikaiw/TokenFusion, semantic
+segmentation), and says so where it does:
+
+- the score predictor is LayerNorm, Linear(d, d), GELU, Linear(d, d/2), GELU, Linear(d/2, d/4),
+  GELU, Linear(d/4, 2), log-softmax; the score is the softmax's first entry;
+- one predictor per stage and modality (our ViT has a single stage, so one per modality, applied
+  before every layer; ``predictor_per_layer=True`` gives the paper's s^l, one per layer);
+- the l1 term is lambda * sum |s| over every token, image, layer and modality (a *sum*, so lambda's
+  scale depends on the number of tokens and the batch size); theta = 0.02;
+- the official code substitutes the *scored attention outputs* inside the attention block
+  (``placement="attention"``); the paper's Eq. 6 substitutes the layer *inputs*
+  (``placement="input"``);
+- shared attention and MLP weights with modality-specific LayerNorms (``share_weights=False`` gives
+  each modality its own layers), and the prediction is a learned ensemble of the per-modality heads.
+
+Where the official code has no counterpart, this module follows the paper, and says so: RPA (the
+official SegFormer backbone has no positional embedding) and the pre-allocation of Eq. 7 for more
+than two modalities (the official exchange handles two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import (
+    LAYER_NORM_EPS,
+    Attention,
+    Mlp,
+    ModelOutput,
+    PatchEmbed,
+    aligned_modalities,
+    init_vit_weights,
+)
+from .concat import LearnedEnsemble
+from .vit import POS_STD, DenseHead
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "ScorePredictor",
+    "TokenFusion",
+    "TokenFusionLayer",
+    "TokenFusionOutput",
+    "l1_sparsity",
+    "preallocate",
+    "share_below_threshold",
+    "substitute_tokens",
+]
+
+DEFAULT_THRESHOLD = 0.02  # theta, as in the paper and the official code
+SHARED = "shared"  # the key of the one LayerNorm all modalities use when norms are shared
+
+
+class ScorePredictor(nn.Module):
+    """s(e) in [0, 1]^N for one modality's tokens ``(b, n, d) -> (b, n)`` (the official predictor).
+
+    LayerNorm, then Linear(d, d), Linear(d, d/2), Linear(d/2, d/4) with GELUs, then Linear(d/4, 2)
+    and a log-softmax over the two entries; the score is the softmax's first entry.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim // 2), nn.GELU(),
+            nn.Linear(dim // 2, dim // 4), nn.GELU(), nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.net(tokens).exp()[..., 0]  # b n
+
+
+def l1_sparsity(scores: Sequence[Mapping[str, Tensor]]) -> Tensor:
+    """Eq. 5's l1 term, sum |s| over layers, modalities, images and tokens (the official sum).
+
+    Multiply by lambda.  Being a sum, it grows with the batch size and the number of tokens: a
+    lambda tuned at one size is too strong or too weak at another.
+    """
+    return sum(score.abs().sum() for layer in scores for score in layer.values())
+
+
+def preallocate(num_tokens: int, modalities: Sequence[str], generator: torch.Generator | None = None
+                ) -> dict[str, Tensor]:
+    """Eq. 7: for each modality, assign every token position at random to one of the other M - 1
+    modalities, once, in (as nearly as possible) equal groups.  Returns ``{m: (num_tokens,)}``
+    indices into ``modalities`` of the modality a low-score token of m takes its substitute from.
+
+    With two modalities there is one other, so every entry points to it.  (The paper's Eq. 7; the
+    official code handles two modalities only.)
+    """
+    if len(modalities) < 2:
+        raise ValueError(f"substitution needs at least two modalities, got {list(modalities)}")
+    allocation = {}
+    for index, modality in enumerate(modalities):
+        others = torch.tensor([i for i in range(len(modalities)) if i != index])
+        groups = others.repeat(-(-num_tokens // len(others)))[:num_tokens]  # near-equal groups
+        allocation[modality] = groups[torch.randperm(num_tokens, generator=generator)]
+    return allocation
+
+
+def _check_allocation(allocation: Mapping[str, Tensor], modalities: Sequence[str],
+                      num_tokens: int) -> None:
+    for index, modality in enumerate(modalities):
+        sources = allocation.get(modality)
+        if sources is None or sources.shape != (num_tokens,):
+            found = None if sources is None else tuple(sources.shape)
+            raise ValueError(f"the allocation must give every one of the {num_tokens} tokens of "
+                             f"{modality!r} a source modality, got shape {found}")
+        if (sources == index).any() or (sources < 0).any() or (sources >= len(modalities)).any():
+            raise ValueError(f"the allocation for {modality!r} must point to another of "
+                             f"{list(modalities)}, got indices {sorted(set(sources.tolist()))}")
+
+
+def substitute_tokens(tokens: Mapping[str, Tensor], scores: Mapping[str, Tensor], threshold: float,
+                      allocation: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Eq. 6 (and 7): e_m <- e_m * 1[s_m >= theta] + e_src * 1[s_m < theta], per token.
+
+    ``tokens`` and ``scores`` map each modality to ``(b, n, d)`` and ``(b, n)``; ``allocation``
+    (from ``preallocate``) names, per modality and position, the modality a substitute comes from.
+    Every substitute is the source's token *before* this exchange.  Returns the new tokens and the
+    boolean substitution masks ``(b, n)``.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"the threshold theta must lie in (0, 1), got {threshold}")
+    modalities = list(tokens)
+    shapes = {m: tuple(t.shape) for m, t in tokens.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"homogeneous substitution needs the same (batch, tokens, dim) for every "
+                         f"modality, got {shapes}")
+    num_tokens = next(iter(shapes.values()))[1]
+    _check_allocation(allocation, modalities, num_tokens)
+    stacked = torch.stack([tokens[m] for m in modalities])  # M b n d
+    new_tokens, masks = {}, {}
+    for modality in modalities:
+        source = allocation[modality].to(stacked.device)  # n
+        substitutes = stacked[source, :, torch.arange(num_tokens, device=stacked.device)]  # n b d
+        substitutes = substitutes.transpose(0, 1)  # b n d
+        masks[modality] = scores[modality] < threshold  # b n
+        new_tokens[modality] = torch.where(masks[modality][..., None], substitutes, tokens[modality])
+    return new_tokens, masks
+
+
+class TokenFusionLayer(nn.Module):
+    """One transformer layer run on every modality with shared MSA and MLP weights and
+    modality-specific LayerNorms (official ``LayerNormParallel``), scores applied as in Eq. 4:
+
+        e'_m = e_m + s_m * MSA(LN1_m(e_m)),     e''_m = e'_m + MLP(LN2_m(e'_m))
+
+    With ``placement="attention"`` (official code) the low-score tokens of the scored MSA output
+    s_m * MSA(...) are substituted before the residual add; with ``placement="input"`` (paper,
+    Eq. 6) the caller substitutes the layer inputs and this layer does not exchange.
+    """
+
+    def __init__(self, modalities: Sequence[str], dim: int, num_heads: int, mlp_ratio: float = 4.0,
+                 share_weights: bool = True, share_norms: bool = False) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        copies = 1 if share_weights else len(self.modalities)
+        self.attn = nn.ModuleList(Attention(dim, num_heads) for _ in range(copies))
+        self.mlp = nn.ModuleList(Mlp(dim, int(dim * mlp_ratio)) for _ in range(copies))
+        norm_names = [SHARED] if share_norms else self.modalities
+        self.norm1 = nn.ModuleDict({n: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for n in norm_names})
+        self.norm2 = nn.ModuleDict({n: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for n in norm_names})
+
+    def _weights(self, index: int) -> tuple[Attention, Mlp, nn.LayerNorm, nn.LayerNorm]:
+        """The attention, MLP and two LayerNorms modality ``index`` runs through."""
+        name = self.modalities[index] if self.modalities[index] in self.norm1 else SHARED
+        return (self.attn[index % len(self.attn)], self.mlp[index % len(self.mlp)],
+                self.norm1[name], self.norm2[name])
+
+    def forward(self, tokens: Mapping[str, Tensor], scores: Mapping[str, Tensor],
+                substitute: dict | None = None, return_attention: bool = False
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]]:
+        """``substitute`` is ``{"threshold": theta, "allocation": ...}`` to exchange scored MSA
+        outputs (official placement), or None.  Returns tokens, masks (or None), attention."""
+        attended, attention = {}, {}
+        for index, modality in enumerate(self.modalities):
+            attn, _, norm1, _ = self._weights(index)
+            out, attention[modality] = attn(norm1(tokens[modality]), return_attention=return_attention)
+            attended[modality] = out * scores[modality][..., None]  # Eq. 4
+        masks = None
+        if substitute is not None:
+            attended, masks = substitute_tokens(attended, scores, **substitute)
+        new_tokens = {}
+        for index, modality in enumerate(self.modalities):
+            _, mlp, _, norm2 = self._weights(index)
+            x = tokens[modality] + attended[modality]
+            new_tokens[modality] = x + mlp(norm2(x))
+        return new_tokens, masks, attention
+
+
+@dataclass
+class TokenFusionOutput(ModelOutput):
+    """``scores[l][m]`` ``(b, n)`` and ``substituted[l][m]`` ``(b, n)`` bool, per layer l."""
+
+    scores: list[dict[str, Tensor]] = field(default_factory=list)
+    substituted: list[dict[str, Tensor]] = field(default_factory=list)
+    layer_attention: list[dict[str, Tensor]] | None = None
+
+
+class TokenFusion(nn.Module):
+    """TokenFusion for pixel-aligned modalities (segmentation), built from the pieces above.
+
+    ``modalities`` maps names to channel counts.  Each modality has its own patch embedding,
+    positional embedding, score predictor(s) and dense head; the layers are shared (see
+    ``TokenFusionLayer``).  ``lambda_l1`` weighs Eq. 5's l1 term, returned as ``aux_loss``;
+    ``threshold`` is theta; ``substitution=False`` keeps the whole architecture (scores, Eq. 4,
+    l1) but never exchanges, the ablation that isolates what the exchange adds; ``rpa=False``
+    adds the positional embedding only once, at the input; ``share_weights=False`` gives every
+    modality its own layers; ``share_norms=True`` one LayerNorm for all modalities.
+    """
+
+    def __init__(self, modalities: Mapping[str, int], img_size: int = 32, patch_size: int = 4,
+                 num_classes: int = 5, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 4.0, lambda_l1: float = 1e-4,
+                 threshold: float = DEFAULT_THRESHOLD,
+                 placement: Literal["attention", "input"] = "attention",
+                 substitution: bool = True, rpa: bool = True, share_weights: bool = True,
+                 share_norms: bool = False, predictor_per_layer: bool = False,
+                 allocation_seed: int = 0) -> None:
+        super().__init__()
+        if len(modalities) < 2:
+            raise ValueError(f"fusion needs at least two modalities, got {list(modalities)}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"the threshold theta must lie in (0, 1), got {threshold}")
+        if placement not in ("attention", "input"):
+            raise ValueError(f"placement must be 'attention' or 'input', got {placement!r}")
+        self.modalities = list(modalities)
+        self.lambda_l1, self.threshold, self.placement = lambda_l1, threshold, placement
+        self.substitution, self.rpa = substitution, rpa
+        self.patch_embeds = nn.ModuleDict(
+            {m: PatchEmbed(img_size, patch_size, c, embed_dim) for m, c in modalities.items()})
+        first = self.patch_embeds[self.modalities[0]]
+        self.pos_embeds = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(1, first.num_patches, embed_dim) * POS_STD)
+             for m in modalities})
+        predictors = depth if predictor_per_layer else 1
+        self.score_predictors = nn.ModuleList(
+            nn.ModuleDict({m: ScorePredictor(embed_dim) for m in modalities})
+            for _ in range(predictors))
+        self.layers = nn.ModuleList(
+            TokenFusionLayer(self.modalities, embed_dim, num_heads, mlp_ratio, share_weights,
+                             share_norms)
+            for _ in range(depth))
+        self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+                                    for m in modalities})
+        self.heads = nn.ModuleDict(
+            {m: DenseHead(embed_dim, num_classes, patch_size, first.grid_size) for m in modalities})
+        self.ensemble = LearnedEnsemble(self.modalities)
+        generator = torch.Generator().manual_seed(allocation_seed)
+        for modality, sources in preallocate(first.num_patches, self.modalities, generator).items():
+            self.register_buffer(f"allocation_{modality}", sources)
+        self.apply(init_vit_weights)
+
+    @property
+    def allocation(self) -> dict[str, Tensor]:
+        """Eq. 7's pre-allocation, drawn once at construction (a buffer: saved with the model)."""
+        return {m: getattr(self, f"allocation_{m}") for m in self.modalities}
+
+    def _positions(self, layer: int) -> dict[str, Tensor]:
+        """RPA: the positional embedding with gradient at the first layer, stop-gradient after."""
+        return {m: p if layer == 0 else p.detach() for m, p in self.pos_embeds.items()}
+
+    def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False
+                ) -> TokenFusionOutput:
+        images = aligned_modalities(inputs, self.modalities)
+        tokens = {m: self.patch_embeds[m](x) for m, x in zip(self.modalities, images, strict=True)}
+        exchange = {"threshold": self.threshold, "allocation": self.allocation}
+        all_scores, all_masks, all_attention = [], [], []
+        for index, layer in enumerate(self.layers):
+            if index == 0 or self.rpa:
+                positions = self._positions(index)
+                tokens = {m: t + positions[m] for m, t in tokens.items()}
+            predictor = self.score_predictors[index % len(self.score_predictors)]
+            scores = {m: predictor[m](t) for m, t in tokens.items()}  # b n each
+            masks = None
+            if self.substitution and self.placement == "input":
+                tokens, masks = substitute_tokens(tokens, scores, **exchange)  # Eq. 6
+            inside = exchange if self.substitution and self.placement == "attention" else None
+            tokens, inner_masks, attention = layer(tokens, scores, inside, return_attention)
+            all_scores.append(scores)
+            all_masks.append(masks or inner_masks or {m: torch.zeros_like(s, dtype=torch.bool)
+                                                      for m, s in scores.items()})
+            all_attention.append(attention)
+        logits = {m: self.heads[m](self.norms[m](t)) for m, t in tokens.items()}
+        return TokenFusionOutput(
+            logits=self.ensemble(logits), modality_logits=logits,
+            aux_loss=self.lambda_l1 * l1_sparsity(all_scores), scores=all_scores,
+            substituted=all_masks, layer_attention=all_attention if return_attention else None)
+
+
+def share_below_threshold(scores: Sequence[Mapping[str, Tensor]],
+                          threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+    """The share of tokens with score < theta per modality, over all layers (as the official
+    training logs it: the share of tokens that would be, or were, substituted)."""
+    modalities = list(scores[0])
+    return {m: torch.stack([(layer[m] < threshold).float().mean() for layer in scores]).mean().item()
+            for m in modalities}

@@ -1,0 +1,180 @@
+import pytest
+import torch
+
+from fusion_edu.blocks import Block
+from fusion_edu.tokenfusion import (
+    ScorePredictor,
+    TokenFusion,
+    TokenFusionLayer,
+    l1_sparsity,
+    preallocate,
+    share_below_threshold,
+    substitute_tokens,
+)
+from fusion_edu.train import TrainConfig, fit, seeded
+
+SMALL = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=16, depth=2, num_heads=2)
+MODALITIES = {"rgb": 3, "depth": 1}
+TWO = ["rgb", "depth"]
+
+
+def _inputs(batch=2):
+    return {"rgb": torch.randn(batch, 3, 16, 16), "depth": torch.randn(batch, 1, 16, 16)}
+
+
+def test_score_predictor_is_the_first_softmax_entry():
+    with seeded(0):
+        predictor = ScorePredictor(16)
+    tokens = torch.randn(2, 5, 16)
+    scores = predictor(tokens)
+    assert scores.shape == (2, 5) and ((scores > 0) & (scores < 1)).all()
+    torch.testing.assert_close(scores, predictor.net[:-1](tokens).softmax(-1)[..., 0])
+    widths = [layer.out_features for layer in predictor.net if isinstance(layer, torch.nn.Linear)]
+    assert widths == [16, 8, 4, 2]  # d, d/2, d/4, 2 as in the official predictor
+
+
+def test_l1_sparsity_sums_over_layers_modalities_and_tokens():
+    scores = [{"rgb": torch.full((2, 3), 0.5), "depth": torch.zeros(2, 3)},
+              {"rgb": torch.ones(2, 3), "depth": torch.full((2, 3), 0.25)}]
+    assert l1_sparsity(scores).item() == pytest.approx(6 * 0.5 + 6 * 1.0 + 6 * 0.25)
+
+
+def test_preallocation_two_and_three_modalities():
+    two = preallocate(8, TWO)
+    assert two["rgb"].tolist() == [1] * 8 and two["depth"].tolist() == [0] * 8
+    three = preallocate(64, ["rgb", "depth", "normals"], torch.Generator().manual_seed(0))
+    for index, (modality, sources) in enumerate(three.items()):
+        assert (sources != index).all(), modality
+        counts = torch.bincount(sources, minlength=3)
+        assert counts[index] == 0 and sorted(counts.tolist()) == [0, 32, 32]  # M - 1 equal groups
+    again = preallocate(64, ["rgb", "depth", "normals"], torch.Generator().manual_seed(0))
+    assert all(torch.equal(three[m], again[m]) for m in three)
+    with pytest.raises(ValueError, match=r"at least two modalities, got \['rgb'\]"):
+        preallocate(8, ["rgb"])
+
+
+def test_substitution_by_hand():
+    rgb = torch.arange(6.0).reshape(1, 3, 2)  # tokens [0,1], [2,3], [4,5]
+    depth = -rgb
+    scores = {"rgb": torch.tensor([[0.5, 0.01, 0.5]]), "depth": torch.tensor([[0.001, 0.5, 0.5]])}
+    new, masks = substitute_tokens({"rgb": rgb, "depth": depth}, scores, 0.02, preallocate(3, TWO))
+    assert masks["rgb"].tolist() == [[False, True, False]]
+    assert masks["depth"].tolist() == [[True, False, False]]
+    assert new["rgb"].tolist() == [[[0, 1], [-2, -3], [4, 5]]]  # token 1 from depth
+    assert new["depth"].tolist() == [[[0, 1], [-2, -3], [-4, -5]]]  # token 0 from rgb (before swap)
+
+
+def test_substitution_with_three_modalities_follows_the_allocation():
+    tokens = {m: torch.full((1, 4, 1), float(i)) for i, m in enumerate(["a", "b", "c"])}
+    scores = {m: torch.zeros(1, 4) for m in tokens}  # everything substituted
+    allocation = {"a": torch.tensor([1, 2, 1, 2]), "b": torch.tensor([0, 0, 2, 2]),
+                  "c": torch.tensor([1, 0, 1, 0])}
+    new, _ = substitute_tokens(tokens, scores, 0.5, allocation)
+    assert new["a"].flatten().tolist() == [1, 2, 1, 2]
+    assert new["b"].flatten().tolist() == [0, 0, 2, 2]
+    assert new["c"].flatten().tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("theta", [0.0, 1.0, -0.1, 2.0])
+def test_threshold_outside_unit_interval_is_named(theta):
+    tokens = {"rgb": torch.zeros(1, 2, 1), "depth": torch.zeros(1, 2, 1)}
+    scores = {m: torch.zeros(1, 2) for m in tokens}
+    with pytest.raises(ValueError, match=rf"theta must lie in \(0, 1\), got {theta}"):
+        substitute_tokens(tokens, scores, theta, preallocate(2, TWO))
+    with pytest.raises(ValueError, match="theta must lie in"):
+        TokenFusion(MODALITIES, **SMALL, threshold=theta)
+
+
+def test_mismatched_token_counts_and_bad_allocations_are_named():
+    scores = {"rgb": torch.zeros(1, 3), "depth": torch.zeros(1, 2)}
+    mismatched = {"rgb": torch.zeros(1, 3, 4), "depth": torch.zeros(1, 2, 4)}
+    with pytest.raises(ValueError, match=r"same \(batch, tokens, dim\).*'depth': \(1, 2, 4\)"):
+        substitute_tokens(mismatched, scores, 0.02, preallocate(3, TWO))
+    tokens = {"rgb": torch.zeros(1, 3, 4), "depth": torch.zeros(1, 3, 4)}
+    scores = {m: torch.zeros(1, 3) for m in tokens}
+    with pytest.raises(ValueError, match="every one of the 3 tokens of 'rgb' a source modality, got shape"):
+        substitute_tokens(tokens, scores, 0.02, {"rgb": torch.tensor([1, 1]), "depth": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"for 'rgb' must point to another of \['rgb', 'depth'\]"):
+        substitute_tokens(tokens, scores, 0.02, {"rgb": torch.tensor([1, 0, 1]),
+                                                 "depth": torch.zeros(3, dtype=torch.long)})
+
+
+def test_layer_with_unit_scores_is_a_plain_block_per_modality():
+    with seeded(0):
+        layer = TokenFusionLayer(TWO, dim=8, num_heads=2)
+        block = Block(8, 2)
+    block.attn.load_state_dict(layer.attn[0].state_dict())
+    block.mlp.load_state_dict(layer.mlp[0].state_dict())
+    tokens = {m: torch.randn(2, 5, 8) for m in TWO}
+    out, masks, _ = layer(tokens, {m: torch.ones(2, 5) for m in TWO})
+    assert masks is None
+    for modality in TWO:
+        block.norm1.load_state_dict(layer.norm1[modality].state_dict())
+        block.norm2.load_state_dict(layer.norm2[modality].state_dict())
+        torch.testing.assert_close(out[modality], block(tokens[modality])[0])
+
+
+def test_layer_scores_scale_the_attention_output():
+    with seeded(0):
+        layer = TokenFusionLayer(TWO, dim=8, num_heads=2)
+    tokens = {m: torch.randn(1, 4, 8) for m in TWO}
+    zero, _, _ = layer(tokens, {m: torch.zeros(1, 4) for m in TWO})
+    expected = tokens["rgb"] + layer.mlp[0](layer.norm2["rgb"](tokens["rgb"]))  # MSA term gone
+    torch.testing.assert_close(zero["rgb"], expected)
+
+
+def test_weight_and_norm_sharing_options():
+    shared = TokenFusionLayer(TWO, 8, 2)
+    separate = TokenFusionLayer(TWO, 8, 2, share_weights=False, share_norms=True)
+    assert len(shared.attn) == 1 and len(shared.norm1) == 2
+    assert len(separate.attn) == 2 and list(separate.norm1) == ["shared"]
+
+
+def test_model_outputs_scores_masks_and_l1():
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, lambda_l1=1e-3)
+    output = model(_inputs(), return_attention=True)
+    assert output.logits.shape == (2, 5, 16, 16) and list(output.modality_logits) == TWO
+    assert len(output.scores) == 2 and output.scores[0]["rgb"].shape == (2, 16)
+    assert output.substituted[1]["depth"].dtype == torch.bool
+    torch.testing.assert_close(output.aux_loss, 1e-3 * l1_sparsity(output.scores))
+    assert output.layer_attention[0]["rgb"].shape == (2, 2, 16, 16)
+    shares = share_below_threshold(output.scores)
+    assert set(shares) == set(TWO) and all(0 <= v <= 1 for v in shares.values())
+
+
+@pytest.mark.parametrize("placement", ["attention", "input"])
+def test_every_token_is_substituted_when_every_score_is_low(placement):
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, threshold=0.999, placement=placement)
+    output = model(_inputs())
+    assert all(mask.all() for layer in output.substituted for mask in layer.values())
+    with seeded(0):
+        ablation = TokenFusion(MODALITIES, **SMALL, threshold=0.999, substitution=False)
+    assert not any(mask.any() for layer in ablation(_inputs()).substituted for mask in layer.values())
+
+
+def test_residual_positional_alignment_keeps_gradient_only_at_the_first_layer():
+    model = TokenFusion(MODALITIES, **SMALL)
+    assert model._positions(0)["rgb"].requires_grad
+    assert not model._positions(1)["rgb"].requires_grad
+    torch.testing.assert_close(model._positions(1)["rgb"], model.pos_embeds["rgb"])
+
+
+def test_model_errors():
+    with pytest.raises(ValueError, match=r"at least two modalities, got \['rgb'\]"):
+        TokenFusion({"rgb": 3}, **SMALL)
+    with pytest.raises(ValueError, match="placement must be 'attention' or 'input', got 'output'"):
+        TokenFusion(MODALITIES, **SMALL, placement="output")
+    model = TokenFusion(MODALITIES, **SMALL)
+    with pytest.raises(ValueError, match="same batch, H and W"):
+        model({"rgb": torch.zeros(2, 3, 16, 16), "depth": torch.zeros(2, 1, 8, 8)})
+
+
+def test_trains_with_the_shared_loop(small_scenes):
+    data = {k: small_scenes[k][:40, ..., :16, :16] for k in ("rgb", "depth", "label")}
+    data = {k: v.contiguous() for k, v in data.items()}
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL)
+    history = fit(model, data, config=TrainConfig(epochs=1, batch_size=20), progress=False)
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
