@@ -47,7 +47,7 @@ from .blocks import (
     init_vit_weights,
 )
 from .concat import LearnedEnsemble
-from .vit import POS_STD, DenseHead
+from .vit import NUM_PREFIX_TOKENS, POS_STD, DenseHead, VisionTransformer
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -263,6 +263,29 @@ class TokenFusion(nn.Module):
         for modality, sources in preallocate(first.num_patches, self.modalities, generator).items():
             self.register_buffer(f"allocation_{modality}", sources)
         self.apply(init_vit_weights)
+
+    def load_single_modal(self, models: Mapping[str, VisionTransformer]) -> None:
+        """Start from trained single-modal ViTs, one per modality (TokenFusion's premise: inherit
+        single-modal (pre)training).  Each modality takes its model's patch and positional
+        embeddings (the class token's position dropped: TokenFusion has no class token), final
+        norm and dense head; with separate weights, its layers too.  With shared weights the
+        shared attention and MLP come from the first modality's model, and every modality keeps
+        its own model's LayerNorms."""
+        if list(models) != self.modalities:
+            raise KeyError(f"expected one model for each of {self.modalities}, got {list(models)}")
+        for index, (modality, vit) in enumerate(models.items()):
+            self.patch_embeds[modality].load_state_dict(vit.patch_embed.state_dict())
+            with torch.no_grad():
+                self.pos_embeds[modality].copy_(vit.pos_embed[:, NUM_PREFIX_TOKENS:])
+            for layer, block in zip(self.layers, vit.blocks, strict=True):
+                if index < len(layer.attn):
+                    layer.attn[index].load_state_dict(block.attn.state_dict())
+                    layer.mlp[index].load_state_dict(block.mlp.state_dict())
+                _, _, norm1, norm2 = layer._weights(index)
+                norm1.load_state_dict(block.norm1.state_dict())
+                norm2.load_state_dict(block.norm2.state_dict())
+            self.norms[modality].load_state_dict(vit.norm.state_dict())
+            self.heads[modality].load_state_dict(vit.head.state_dict())
 
     @property
     def allocation(self) -> dict[str, Tensor]:

@@ -12,6 +12,7 @@ from fusion_edu.tokenfusion import (
     substitute_tokens,
 )
 from fusion_edu.train import TrainConfig, fit, seeded
+from fusion_edu.vit import VisionTransformer
 
 SMALL = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=16, depth=2, num_heads=2)
 MODALITIES = {"rgb": 3, "depth": 1}
@@ -178,3 +179,22 @@ def test_trains_with_the_shared_loop(small_scenes):
         model = TokenFusion(MODALITIES, **SMALL)
     history = fit(model, data, config=TrainConfig(epochs=1, batch_size=20), progress=False)
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+@pytest.mark.parametrize("share_weights", [False, True])
+def test_load_single_modal_copies_each_modalitys_weights(share_weights):
+    with seeded(0):
+        singles = {m: VisionTransformer(**SMALL, in_chans=c, task="segmentation", modality=m)
+                   for m, c in MODALITIES.items()}
+        model = TokenFusion(MODALITIES, **SMALL, share_weights=share_weights)
+    model.load_single_modal(singles)
+    for index, (modality, vit) in enumerate(singles.items()):
+        assert torch.equal(model.patch_embeds[modality].proj.weight, vit.patch_embed.proj.weight)
+        assert torch.equal(model.pos_embeds[modality], vit.pos_embed[:, 1:])
+        assert torch.equal(model.heads[modality].proj.weight, vit.head.proj.weight)
+        assert torch.equal(model.layers[1].norm2[modality].weight, vit.blocks[1].norm2.weight)
+        source = singles["rgb"] if share_weights else vit
+        attn = model.layers[1].attn[0 if share_weights else index]
+        assert torch.equal(attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+    with pytest.raises(KeyError, match=r"one model for each of \['rgb', 'depth'\], got \['depth'\]"):
+        model.load_single_modal({"depth": singles["depth"]})
