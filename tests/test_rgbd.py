@@ -144,8 +144,8 @@ def test_corrupt_cache_is_detected_and_regenerated(tmp_cache, damage):
 def test_stale_cache_is_regenerated(tmp_cache):
     load_rgbd_scenes("val", num_scenes=4)
     sidecar = tmp_cache / "rgbd-val-seed0-n4.json"
-    sidecar.write_text(sidecar.read_text().replace('"version": 1', '"version": 0'))
-    with pytest.warns(UserWarning, match="is stale: expected .*'version': 1.*found .*'version': 0"):
+    sidecar.write_text(sidecar.read_text().replace('"version": 2', '"version": 1'))
+    with pytest.warns(UserWarning, match="is stale: expected .*'version': 2.*found .*'version': 1"):
         load_rgbd_scenes("val", num_scenes=4)
 
 

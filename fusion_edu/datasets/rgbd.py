@@ -39,7 +39,7 @@ __all__ = [
     "validate_rgbd",
 ]
 
-GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
+GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become stale
 CLASSES = ("background", "square", "disc", "triangle", "cross")
 VISIBILITY = ("background", "both", "rgb_only", "depth_only")
 SPLIT_SIZES = {"train": 4000, "val": 500, "test": 1000}
