@@ -148,6 +148,9 @@ class LateFusion(nn.Module):
         self.ensemble = LearnedEnsemble(list(models))
 
     def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> ModelOutput:
+        if return_attention:
+            raise ValueError("late fusion has no attention across modalities; ask each model in "
+                             "LateFusion.models for its own attention")
         logits = {m: model(inputs).logits for m, model in self.models.items()}
         return ModelOutput(logits=self.ensemble(logits), modality_logits=logits)
 

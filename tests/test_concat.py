@@ -94,6 +94,8 @@ def test_late_fusion_combines_single_modal_models():
     weights = torch.tensor([0.0, 1.0]).softmax(0)
     expected = weights[0] * models["rgb"](inputs).logits + weights[1] * models["depth"](inputs).logits
     torch.testing.assert_close(late(inputs).logits, expected)
+    with pytest.raises(ValueError, match="late fusion has no attention across modalities"):
+        late(inputs, return_attention=True)
 
 
 @pytest.mark.parametrize("build", [
