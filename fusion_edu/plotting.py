@@ -23,6 +23,7 @@ __all__ = [
     "plot_attention_map",
     "plot_history",
     "plot_segmentations",
+    "plot_token_scores",
     "show_rgbd_scene",
 ]
 
@@ -138,6 +139,35 @@ def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, 
     axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
                       alpha=0.75)
     axes[0, 1].set_title(f"layer {layer}, head {head}; to CLS: {cls_share:.2f}", fontsize=8)
+    return fig
+
+
+def plot_token_scores(images: Mapping[str, Tensor], scores: Mapping[str, Tensor],
+                      corrupted: Mapping[str, Tensor], threshold: float, patch_size: int) -> Figure:
+    """The TokenFusion widget callback: per modality (one row each), the image with the tokens
+    whose score is below ``threshold`` outlined (those substituted at that theta), the score
+    heatmap, and the ground-truth corruption mask with the same outlines.
+
+    ``images[m]`` is ``(c, H, W)``, ``scores[m]`` ``(n,)`` for one layer, ``corrupted[m]`` the
+    ``(H, W)`` pixel mask.
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"the threshold theta must lie in (0, 1), got {threshold}")
+    fig, axes = _panels(3 * len(images), rows=len(images))
+    for row, (modality, image) in enumerate(images.items()):
+        grid = image.shape[-1] // patch_size
+        if scores[modality].shape != (grid * grid,):
+            raise ValueError(f"expected {grid * grid} scores for {modality!r}, "
+                             f"got shape {tuple(scores[modality].shape)}")
+        below = scores[modality].cpu() < threshold
+        heatmap = scores[modality].detach().cpu().float().reshape(grid, grid).numpy()
+        panels = ((_rgb(image), "viridis_r", f"{modality}: {int(below.sum())} below θ"),
+                  (np.kron(heatmap, np.ones((patch_size, patch_size))), "magma", "score s(e)"),
+                  (corrupted[modality].cpu().numpy(), "gray", "ground truth: corrupted"))
+        for ax, (values, cmap, title) in zip(axes[row], panels, strict=True):
+            ax.imshow(values, cmap=cmap, **({"vmin": 0, "vmax": 1} if cmap != "viridis_r" else {}))
+            outline_patches(ax, below, patch_size)
+            ax.set_title(title, fontsize=8)
     return fig
 
 

@@ -15,16 +15,23 @@ import torch
 from torch import Tensor
 
 from .datasets import CLASSES
+from .tokenfusion import TokenFusion
 from .train import TrainConfig, default_device, fit_or_load, seeded
 from .vit import VisionTransformer
 
-__all__ = ["RGBD_CHANNELS", "RGBD_VIT", "rgbd_training", "train_single_modal"]
+__all__ = ["RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION", "rgbd_training", "tokenfusion_training",
+           "train_single_modal", "train_tokenfusion"]
 
 RGBD_CHANNELS = {"rgb": 3, "depth": 1}
 RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=64, depth=4,
                 num_heads=4, task="segmentation")
 CPU_EPOCHS = 10  # about 50 s per single-modal model on a 2-core CPU
 GPU_EPOCHS = 40  # the same notebook on a GPU trains longer, and still finishes sooner
+# TokenFusion (notebook 03) starts from the single-modal models above and fine-tunes them together.
+TOKENFUSION = dict(lambda_l1=1e-4, share_weights=False)  # official lambda on the summed l1
+FINETUNE_LR = 1e-3  # scores start at 0.5 and must learn to fall below theta within a few epochs
+FINETUNE_CPU_EPOCHS = 3  # about 50 s on a 2-core CPU
+FINETUNE_GPU_EPOCHS = 10
 
 
 def rgbd_training(device: torch.device | None = None, seed: int = 0) -> TrainConfig:
@@ -43,5 +50,26 @@ def train_single_modal(modality: str, train: Mapping[str, Tensor], val: Mapping[
     with seeded(config.seed):
         model = VisionTransformer(**RGBD_VIT, in_chans=RGBD_CHANNELS[modality], modality=modality)
     name = f"rgbd_vit_{modality}_seed{config.seed}"
+    history = fit_or_load(name, model, train, val, config, progress=progress)
+    return model, history
+
+
+def tokenfusion_training(device: torch.device | None = None, seed: int = 0) -> TrainConfig:
+    """Fine-tuning from the single-modal models: lr 1e-3, batch 32; 3 epochs on a CPU, 10 on a GPU."""
+    device = device or default_device()
+    epochs = FINETUNE_GPU_EPOCHS if device.type == "cuda" else FINETUNE_CPU_EPOCHS
+    return replace(rgbd_training(device, seed), epochs=epochs, lr=FINETUNE_LR)
+
+
+def train_tokenfusion(name: str, singles: Mapping[str, VisionTransformer],
+                      train: Mapping[str, Tensor], val: Mapping[str, Tensor], config: TrainConfig,
+                      modalities: Mapping[str, int] = RGBD_CHANNELS, progress: bool = True,
+                      **options: object) -> tuple[TokenFusion, list[dict]]:
+    """TokenFusion at the course's size, started from ``singles`` (those of its modalities that
+    have one) and fine-tuned with ``config``; ``options`` override ``TOKENFUSION`` (ablations)."""
+    vit = {key: value for key, value in RGBD_VIT.items() if key != "task"}
+    with seeded(config.seed):
+        model = TokenFusion(modalities, **vit, **{**TOKENFUSION, **options})
+    model.load_single_modal({m: singles[m] for m in modalities if m in singles})
     history = fit_or_load(name, model, train, val, config, progress=progress)
     return model, history

@@ -47,6 +47,7 @@ from .blocks import (
     init_vit_weights,
 )
 from .concat import LearnedEnsemble
+from .train import model_outputs
 from .vit import NUM_PREFIX_TOKENS, POS_STD, DenseHead, VisionTransformer
 
 __all__ = [
@@ -58,7 +59,10 @@ __all__ = [
     "l1_sparsity",
     "preallocate",
     "share_below_threshold",
+    "shuffle_tokens",
     "substitute_tokens",
+    "substitution_statistics",
+    "token_scores_and_masks",
 ]
 
 DEFAULT_THRESHOLD = 0.02  # theta, as in the paper and the official code
@@ -108,6 +112,12 @@ def preallocate(num_tokens: int, modalities: Sequence[str], generator: torch.Gen
         groups = others.repeat(-(-num_tokens // len(others)))[:num_tokens]  # near-equal groups
         allocation[modality] = groups[torch.randperm(num_tokens, generator=generator)]
     return allocation
+
+
+def shuffle_tokens(scores: Tensor) -> Tensor:
+    """``(b, n)`` scores permuted at random within each image: as many fall below theta as
+    before, at random positions (the random-substitution ablation)."""
+    return scores.gather(1, torch.rand_like(scores).argsort(dim=1))
 
 
 def _check_allocation(allocation: Mapping[str, Tensor], modalities: Sequence[str],
@@ -181,10 +191,12 @@ class TokenFusionLayer(nn.Module):
                 self.norm1[name], self.norm2[name])
 
     def forward(self, tokens: Mapping[str, Tensor], scores: Mapping[str, Tensor],
-                substitute: dict | None = None, return_attention: bool = False
+                substitute: dict | None = None, return_attention: bool = False,
+                choose_by: Mapping[str, Tensor] | None = None
                 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Tensor]]:
         """``substitute`` is ``{"threshold": theta, "allocation": ...}`` to exchange scored MSA
-        outputs (official placement), or None.  Returns tokens, masks (or None), attention."""
+        outputs (official placement), or None; ``choose_by`` (default: ``scores``) are the values
+        compared with theta.  Returns tokens, masks (or None), attention."""
         attended, attention = {}, {}
         for index, modality in enumerate(self.modalities):
             attn, _, norm1, _ = self._weights(index)
@@ -192,7 +204,8 @@ class TokenFusionLayer(nn.Module):
             attended[modality] = out * scores[modality][..., None]  # Eq. 4
         masks = None
         if substitute is not None:
-            attended, masks = substitute_tokens(attended, scores, **substitute)
+            attended, masks = substitute_tokens(
+                attended, scores if choose_by is None else choose_by, **substitute)
         new_tokens = {}
         for index, modality in enumerate(self.modalities):
             _, mlp, _, norm2 = self._weights(index)
@@ -229,7 +242,7 @@ class TokenFusion(nn.Module):
                  placement: Literal["attention", "input"] = "attention",
                  substitution: bool = True, rpa: bool = True, share_weights: bool = True,
                  share_norms: bool = False, predictor_per_layer: bool = False,
-                 allocation_seed: int = 0) -> None:
+                 allocation_seed: int = 0, random_substitution: bool = False) -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"fusion needs at least two modalities, got {list(modalities)}")
@@ -240,6 +253,7 @@ class TokenFusion(nn.Module):
         self.modalities = list(modalities)
         self.lambda_l1, self.threshold, self.placement = lambda_l1, threshold, placement
         self.substitution, self.rpa = substitution, rpa
+        self.random_substitution = random_substitution
         self.patch_embeds = nn.ModuleDict(
             {m: PatchEmbed(img_size, patch_size, c, embed_dim) for m, c in modalities.items()})
         first = self.patch_embeds[self.modalities[0]]
@@ -264,16 +278,28 @@ class TokenFusion(nn.Module):
             self.register_buffer(f"allocation_{modality}", sources)
         self.apply(init_vit_weights)
 
+    def extra_repr(self) -> str:
+        """The options that change training but not the modules (so a cached model's key
+        tells an ablation from the full model)."""
+        return (f"lambda_l1={self.lambda_l1}, threshold={self.threshold}, placement={self.placement!r}, "
+                f"substitution={self.substitution}, random_substitution={self.random_substitution}, "
+                f"rpa={self.rpa}")
+
     def load_single_modal(self, models: Mapping[str, VisionTransformer]) -> None:
         """Start from trained single-modal ViTs, one per modality (TokenFusion's premise: inherit
-        single-modal (pre)training).  Each modality takes its model's patch and positional
+        single-modal (pre)training).  ``models`` holds a model for some or all modalities (in
+        the model's order); a modality without one keeps its fresh initialisation.  Each
+        modality takes its model's patch and positional
         embeddings (the class token's position dropped: TokenFusion has no class token), final
         norm and dense head; with separate weights, its layers too.  With shared weights the
         shared attention and MLP come from the first modality's model, and every modality keeps
         its own model's LayerNorms."""
-        if list(models) != self.modalities:
-            raise KeyError(f"expected one model for each of {self.modalities}, got {list(models)}")
-        for index, (modality, vit) in enumerate(models.items()):
+        order = [m for m in self.modalities if m in models]
+        if not models or list(models) != order:
+            raise KeyError(f"expected single-modal models for some of {self.modalities}, in that "
+                           f"order, got {list(models)}")
+        for modality, vit in models.items():
+            index = self.modalities.index(modality)
             self.patch_embeds[modality].load_state_dict(vit.patch_embed.state_dict())
             with torch.no_grad():
                 self.pos_embeds[modality].copy_(vit.pos_embed[:, NUM_PREFIX_TOKENS:])
@@ -308,11 +334,13 @@ class TokenFusion(nn.Module):
                 tokens = {m: t + positions[m] for m, t in tokens.items()}
             predictor = self.score_predictors[index % len(self.score_predictors)]
             scores = {m: predictor[m](t) for m, t in tokens.items()}  # b n each
+            chooser = ({m: shuffle_tokens(s) for m, s in scores.items()} if self.random_substitution
+                       else scores)
             masks = None
             if self.substitution and self.placement == "input":
-                tokens, masks = substitute_tokens(tokens, scores, **exchange)  # Eq. 6
+                tokens, masks = substitute_tokens(tokens, chooser, **exchange)  # Eq. 6
             inside = exchange if self.substitution and self.placement == "attention" else None
-            tokens, inner_masks, attention = layer(tokens, scores, inside, return_attention)
+            tokens, inner_masks, attention = layer(tokens, scores, inside, return_attention, chooser)
             all_scores.append(scores)
             all_masks.append(masks or inner_masks or {m: torch.zeros_like(s, dtype=torch.bool)
                                                       for m, s in scores.items()})
@@ -331,3 +359,44 @@ def share_below_threshold(scores: Sequence[Mapping[str, Tensor]],
     modalities = list(scores[0])
     return {m: torch.stack([(layer[m] < threshold).float().mean() for layer in scores]).mean().item()
             for m in modalities}
+
+
+def substitution_statistics(substituted: Sequence[Mapping[str, Tensor]],
+                            corrupted: Mapping[str, Tensor]) -> dict[str, dict[str, list[float]]]:
+    """Where do substituted tokens land?  Per modality and layer, from the masks ``(b, n)`` of
+    ``TokenFusionOutput.substituted`` and the ground-truth corrupted patches ``(b, n)``:
+
+    - ``share``: the share of tokens substituted;
+    - ``on_corrupted``: the share of substituted tokens that lie on corrupted patches (NaN when
+      none were substituted);
+    - ``random``: the same share for substitution at random positions, which is (in
+      expectation) the share of patches that are corrupted.
+    """
+    statistics = {}
+    for modality, damage in corrupted.items():
+        masks = torch.stack([layer[modality] for layer in substituted])  # L b n
+        if masks.shape[1:] != damage.shape:
+            raise ValueError(f"expected corrupted patches of shape {tuple(masks.shape[1:])} for "
+                             f"{modality!r}, got {tuple(damage.shape)}")
+        damage = damage.to(masks.device).expand_as(masks)
+        hits = (masks & damage).sum((1, 2)).float()
+        statistics[modality] = {
+            "share": masks.float().mean((1, 2)).tolist(),
+            "on_corrupted": (hits / masks.sum((1, 2))).tolist(),  # 0/0 -> NaN: none substituted
+            "random": [damage.float().mean().item()] * len(masks),
+        }
+    return statistics
+
+
+def token_scores_and_masks(model: TokenFusion, data: Mapping[str, Tensor]
+                           ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """The scores and substitution masks of ``model`` over all of ``data``, on the CPU:
+    ``scores[l][m]`` ``(num_samples, n)`` and ``substituted[l][m]`` likewise (bool)."""
+    outputs = [(out.scores, out.substituted) for _, out in model_outputs(model, data)]
+
+    def gather(which: int) -> list[dict[str, Tensor]]:
+        return [{m: torch.cat([o[which][layer][m].float().cpu() for o in outputs])
+                 for m in model.modalities} for layer in range(len(model.layers))]
+
+    scores, substituted = gather(0), gather(1)
+    return scores, [{m: mask.bool() for m, mask in layer.items()} for layer in substituted]

@@ -41,6 +41,7 @@ __all__ = [
     "fit_or_load",
     "learning_rate_factor",
     "load_checkpoint",
+    "model_outputs",
     "predict",
     "save_checkpoint",
     "seeded",
@@ -181,8 +182,9 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
     return history
 
 
-def _outputs(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None
-             ) -> Iterator[tuple[dict[str, Tensor], Any]]:
+def model_outputs(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None = None
+                  ) -> Iterator[tuple[dict[str, Tensor], Any]]:
+    """``(batch, output)`` pairs of ``model`` (in eval mode, no gradient) over ``data``."""
     device = device or next(model.parameters()).device
     model.to(device).eval()
     with torch.inference_mode():
@@ -195,14 +197,14 @@ def _outputs(model: nn.Module, data: Mapping[str, Tensor], device: torch.device 
 def predict(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None = None
             ) -> Tensor:
     """Class predictions (argmax of the logits) for the whole dataset, on the CPU."""
-    return torch.cat([output.logits.argmax(1).cpu() for _, output in _outputs(model, data, device)])
+    return torch.cat([output.logits.argmax(1).cpu() for _, output in model_outputs(model, data, device)])
 
 
 def evaluate(model: nn.Module, data: Mapping[str, Tensor], device: torch.device | None = None
              ) -> dict[str, Any]:
     """Mean loss, accuracy, mIoU and per-class IoU (a list) of ``model`` on ``data``."""
     confusion, loss_sum, count = None, 0.0, 0
-    for batch, output in _outputs(model, data, device):
+    for batch, output in model_outputs(model, data, device):
         num_classes = output.logits.shape[1]
         batch_confusion = confusion_matrix(output.logits.argmax(1), batch[LABEL_KEY], num_classes)
         confusion = batch_confusion if confusion is None else confusion + batch_confusion
@@ -232,7 +234,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, description: dict | None
 
 
 def _fingerprint(model: nn.Module, data: Mapping[str, Tensor]) -> str:
+    """Architecture (its repr), starting weights and training data, hashed."""
     digest = hashlib.sha256(repr(model).encode())
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().contiguous().cpu().numpy().tobytes())
     for key in sorted(data):
         digest.update(key.encode())
         digest.update(data[key].contiguous().cpu().numpy().tobytes())
@@ -245,8 +251,8 @@ def fit_or_load(name: str, model: nn.Module, train_data: Mapping[str, Tensor],
                 progress: bool = True) -> list[dict[str, float]]:
     """``fit``, unless weights trained the same way are cached under data/models/ (then load).
 
-    The cache key covers the architecture, the training data and the config, so a changed
-    notebook retrains.  A second run in class is instant; a clean clone always trains.
+    The cache key covers the architecture, the starting weights, the training data and the
+    config, so a changed notebook retrains.  A second run in class is instant; a clean clone always trains.
     """
     path = cache_dir() / "models" / f"{name}.pt"
     device = device or default_device()

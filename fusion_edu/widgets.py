@@ -16,9 +16,9 @@ import torch
 from IPython.display import display
 from torch import Tensor, nn
 
-from .plotting import plot_attention_map
+from .plotting import plot_attention_map, plot_token_scores
 
-__all__ = ["attention_explorer", "sample_attention"]
+__all__ = ["attention_explorer", "sample_attention", "sample_token_scores", "token_score_explorer"]
 
 
 def sample_attention(model: nn.Module, data: Mapping[str, Tensor], index: int) -> Tensor:
@@ -51,4 +51,39 @@ def attention_explorer(model: nn.Module, data: Mapping[str, Tensor], modality: s
         head=widgets.IntSlider(0, 0, model.blocks[0].attn.num_heads - 1),
         query_row=widgets.IntSlider(grid // 2, 0, grid - 1),
         query_col=widgets.IntSlider(grid // 2, 0, grid - 1),
+    )
+
+
+def sample_token_scores(model: nn.Module, data: Mapping[str, Tensor], index: int
+                        ) -> list[dict[str, Tensor]]:
+    """One TokenFusion forward of sample ``index``: per layer, ``{modality: (n,) scores}``."""
+    device = next(model.parameters()).device
+    sample = {key: value[index:index + 1].to(device) for key, value in data.items()}
+    model.eval()
+    with torch.inference_mode():
+        output = model(sample)
+    return [{m: score[0].float().cpu() for m, score in layer.items()} for layer in output.scores]
+
+
+def token_score_explorer(model: nn.Module, data: Mapping[str, Tensor],
+                         corrupted: Mapping[str, str]) -> widgets.Widget:
+    """Sample, layer and theta -> each modality's image, score heatmap and the tokens below
+    theta, beside the ground-truth corruption masks (``plot_token_scores``).  ``corrupted`` maps
+    each modality to the data key of its pixel mask.  At the model's own theta the outlined
+    tokens are exactly those it substituted; other values ask "what if theta were ...?"."""
+    patch_size = model.patch_embeds[model.modalities[0]].patch_size
+    scores_of = lru_cache(maxsize=32)(lambda index: sample_token_scores(model, data, index))
+
+    def show(sample: int, layer: int, theta: float) -> None:
+        images = {m: data[m][sample] for m in corrupted}
+        masks = {m: data[key][sample] for m, key in corrupted.items()}
+        figure = plot_token_scores(images, scores_of(sample)[layer], masks, theta, patch_size)
+        display(figure)
+        plt.close(figure)
+
+    return widgets.interactive(
+        show,
+        sample=widgets.IntSlider(0, 0, len(data[model.modalities[0]]) - 1),
+        layer=widgets.IntSlider(0, 0, len(model.layers) - 1),
+        theta=widgets.FloatLogSlider(model.threshold, base=10, min=-3, max=-0.3, step=0.1),
     )

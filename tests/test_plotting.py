@@ -9,11 +9,18 @@ from fusion_edu.plotting import (
     plot_attention_map,
     plot_history,
     plot_segmentations,
+    plot_token_scores,
     show_rgbd_scene,
 )
+from fusion_edu.tokenfusion import TokenFusion
 from fusion_edu.train import seeded
 from fusion_edu.vit import VisionTransformer
-from fusion_edu.widgets import attention_explorer, sample_attention
+from fusion_edu.widgets import (
+    attention_explorer,
+    sample_attention,
+    sample_token_scores,
+    token_score_explorer,
+)
 
 
 def _attention(layers=2, heads=3, grid=2):
@@ -65,4 +72,44 @@ def test_scene_history_and_segmentation_figures(small_scenes):
     label = small_scenes["label"][0]
     figure = plot_segmentations([("RGB", small_scenes["rgb"][0])], label, {"rgb": label}, 5)
     assert [ax.get_title() for ax in figure.axes] == ["RGB", "label", "pred: rgb"]
+    plt.close("all")
+
+
+def _outlined(ax):
+    return [(p.get_x(), p.get_y()) for p in ax.patches]
+
+
+def test_plot_token_scores_outlines_the_tokens_below_theta():
+    images = {"rgb": torch.rand(3, 8, 8), "depth": torch.rand(1, 8, 8)}
+    scores = {"rgb": torch.tensor([0.5, 0.01, 0.5, 0.5]), "depth": torch.tensor([0.3, 0.3, 0.3, 0.1])}
+    corrupted = {m: torch.zeros(8, 8, dtype=torch.bool) for m in images}
+    fig = plot_token_scores(images, scores, corrupted, threshold=0.02, patch_size=4)
+    rgb_axes, depth_axes = fig.axes[:3], fig.axes[3:]
+    assert all(_outlined(ax) == [(3.5, -0.5)] for ax in rgb_axes)  # token 1: row 0, column 1
+    assert all(_outlined(ax) == [] for ax in depth_axes)
+    plt.close(fig)
+    fig = plot_token_scores(images, scores, corrupted, threshold=0.2, patch_size=4)  # what if
+    assert _outlined(fig.axes[3]) == [(3.5, 3.5)]  # depth token 3 is now below theta
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"expected 4 scores for 'rgb', got shape \(5,\)"):
+        plot_token_scores(images, {**scores, "rgb": torch.rand(5)}, corrupted, 0.02, 4)
+    with pytest.raises(ValueError, match=r"\(0, 1\), got 1.5"):
+        plot_token_scores(images, scores, corrupted, 1.5, 4)
+
+
+def test_token_score_explorer_reads_the_models_scores():
+    with seeded(0):
+        model = TokenFusion({"rgb": 3, "depth": 1}, img_size=8, patch_size=4, embed_dim=16, depth=2,
+                            num_heads=2)
+    data = {"rgb": torch.rand(3, 3, 8, 8), "depth": torch.rand(3, 1, 8, 8),
+            "rgb_corrupt": torch.zeros(3, 8, 8, dtype=torch.bool),
+            "depth_corrupt": torch.zeros(3, 8, 8, dtype=torch.bool)}
+    scores = sample_token_scores(model, data, 2)
+    expected = model({k: data[k][2:3] for k in ("rgb", "depth")}).scores
+    assert len(scores) == 2
+    torch.testing.assert_close(scores[1]["depth"], expected[1]["depth"][0])
+    explorer = token_score_explorer(model, data, {"rgb": "rgb_corrupt", "depth": "depth_corrupt"})
+    sliders = {child.description: child for child in explorer.children[:-1]}
+    assert sliders["layer"].max == 1 and sliders["sample"].max == 2
+    assert sliders["theta"].value == pytest.approx(0.02)
     plt.close("all")

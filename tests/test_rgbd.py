@@ -13,8 +13,10 @@ from fusion_edu.datasets import (
     generate_rgbd_scenes,
     load_rgbd_scenes,
     object_visibility,
+    surface_normals,
     validate_rgbd,
 )
+from fusion_edu.datasets.rgbd import NORMAL_PIXEL_SPACING
 
 MIN_PIXELS = 4  # ignore objects almost entirely hidden or corrupted
 
@@ -177,3 +179,18 @@ def test_misaligned_rgbd_is_named(change, message):
         validate_rgbd({**scenes, **change})
     with pytest.raises(KeyError, match=r"missing \['depth'\]"):
         validate_rgbd({"rgb": scenes["rgb"], "label": scenes["label"]})
+
+
+def test_surface_normals_of_planes():
+    xs = torch.arange(8.0).expand(8, 8)  # x grows along each row
+    slope = 0.01
+    plane = (0.5 + slope * xs)[None, None]  # tilted along x only
+    normals = surface_normals(plane) * 2 - 1  # decode the (n + 1) / 2 encoding
+    expected = torch.tensor([-slope / NORMAL_PIXEL_SPACING, 0.0, 1.0])
+    expected = expected / expected.norm()
+    torch.testing.assert_close(normals[0, :, 4, 4], expected)
+    torch.testing.assert_close(normals.norm(dim=1), torch.ones(1, 8, 8))
+    flat = surface_normals(torch.full((2, 1, 8, 8), 0.3))
+    torch.testing.assert_close(flat, torch.tensor([0.5, 0.5, 1.0])[None, :, None, None].expand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(n, 1, H, W\), got \(8, 8\)"):
+        surface_normals(torch.zeros(8, 8))

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,10 @@ from fusion_edu.tokenfusion import (
     l1_sparsity,
     preallocate,
     share_below_threshold,
+    shuffle_tokens,
     substitute_tokens,
+    substitution_statistics,
+    token_scores_and_masks,
 )
 from fusion_edu.train import TrainConfig, fit, seeded
 from fusion_edu.vit import VisionTransformer
@@ -196,5 +201,66 @@ def test_load_single_modal_copies_each_modalitys_weights(share_weights):
         source = singles["rgb"] if share_weights else vit
         attn = model.layers[1].attn[0 if share_weights else index]
         assert torch.equal(attn.qkv.weight, source.blocks[1].attn.qkv.weight)
-    with pytest.raises(KeyError, match=r"one model for each of \['rgb', 'depth'\], got \['depth'\]"):
-        model.load_single_modal({"depth": singles["depth"]})
+    with pytest.raises(KeyError, match=r"some of \['rgb', 'depth'\], in that order, got \['depth', 'rgb'\]"):
+        model.load_single_modal({"depth": singles["depth"], "rgb": singles["rgb"]})
+    with pytest.raises(KeyError, match=r"got \['normals'\]"):
+        model.load_single_modal({"normals": singles["depth"]})
+
+
+def test_load_single_modal_for_some_modalities_leaves_the_others_fresh():
+    three = {"rgb": 3, "depth": 1, "normals": 3}
+    with seeded(0):
+        depth = VisionTransformer(**SMALL, in_chans=1, task="segmentation", modality="depth")
+        model = TokenFusion(three, **SMALL, share_weights=False)
+    fresh = model.layers[0].attn[2].qkv.weight.clone()
+    model.load_single_modal({"depth": depth})
+    assert torch.equal(model.layers[0].attn[1].qkv.weight, depth.blocks[0].attn.qkv.weight)
+    assert torch.equal(model.layers[0].attn[2].qkv.weight, fresh)
+
+
+def test_shuffle_tokens_keeps_each_images_scores():
+    scores = torch.rand(3, 10)
+    with seeded(0):
+        shuffled = shuffle_tokens(scores)
+    assert not torch.equal(shuffled, scores)
+    torch.testing.assert_close(shuffled.sort(1).values, scores.sort(1).values)
+
+
+def test_random_substitution_exchanges_as_many_tokens_elsewhere():
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, threshold=0.5)
+        randomised = TokenFusion(MODALITIES, **SMALL, threshold=0.5, random_substitution=True)
+    randomised.load_state_dict(model.state_dict())
+    inputs = _inputs(4)
+    with seeded(1):
+        chosen, shuffled = model(inputs), randomised(inputs)
+    for by_scores, at_random in zip(chosen.substituted, shuffled.substituted, strict=True):
+        for modality in MODALITIES:
+            assert torch.equal(by_scores[modality].sum(1), at_random[modality].sum(1))
+    pairs = zip(chosen.substituted, shuffled.substituted, strict=True)
+    assert any(not torch.equal(a[m], b[m]) for a, b in pairs for m in MODALITIES)
+
+
+def test_substitution_statistics_by_hand():
+    corrupted = {"rgb": torch.tensor([[True, False, False, False]])}
+    substituted = [{"rgb": torch.tensor([[True, True, False, False]])},
+                   {"rgb": torch.tensor([[False, False, False, False]])}]
+    stats = substitution_statistics(substituted, corrupted)["rgb"]
+    assert stats["share"] == [0.5, 0.0]
+    assert stats["on_corrupted"][0] == 0.5 and math.isnan(stats["on_corrupted"][1])
+    assert stats["random"] == [0.25, 0.25]
+    with pytest.raises(ValueError, match=r"shape \(1, 4\) for 'rgb', got \(1, 3\)"):
+        substitution_statistics(substituted, {"rgb": torch.zeros(1, 3, dtype=torch.bool)})
+
+
+def test_token_scores_and_masks_cover_the_data():
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, threshold=0.5)
+    data = _inputs(5)
+    scores, masks = token_scores_and_masks(model, data)
+    assert len(scores) == len(masks) == SMALL["depth"]
+    out = model.eval()(data)
+    for layer in range(SMALL["depth"]):
+        for modality in MODALITIES:
+            torch.testing.assert_close(scores[layer][modality], out.scores[layer][modality])
+            assert torch.equal(masks[layer][modality], out.substituted[layer][modality])

@@ -95,10 +95,14 @@ def test_fit_or_load_trains_once(tmp_cache, small_scenes):
     first_model = _model()
     first = fit_or_load("tiny", first_model, train, config=config, progress=False)
     assert (tmp_cache / "models" / "tiny.pt").exists()
-    second_model = _model(seed=9)  # different init: only loading can make it equal
+    second_model = _model()  # same start: loaded (the history's timings equal only if loaded)
     second = fit_or_load("tiny", second_model, train, config=config, progress=False)
     assert second == first
     torch.testing.assert_close(second_model.state_dict(), first_model.state_dict())
+    other_start = _model(seed=9)  # the starting weights are part of the key: trained anew
+    third = fit_or_load("tiny", other_start, train, config=config, progress=False)
+    assert third != first
+    assert not torch.equal(other_start.head.proj.weight, first_model.head.proj.weight)
 
 
 def test_flop_and_parameter_counts():

@@ -10,6 +10,7 @@ from .rgbd import (
     generate_rgbd_scenes,
     load_rgbd_scenes,
     object_visibility,
+    surface_normals,
     validate_rgbd,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
     "object_visibility",
+    "surface_normals",
     "validate_rgbd",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
     "object_visibility",
+    "surface_normals",
     "validate_rgbd",
 ]
 
@@ -193,6 +194,24 @@ def generate_rgbd_scenes(num_scenes: int, seed: int | Sequence[int], config: RGB
     out["rgb"] = out["rgb"].float()
     out["depth"] = out["depth"].float()
     return out
+
+
+NORMAL_PIXEL_SPACING = 0.05  # the width of one pixel in depth units, for the slopes of normals
+
+
+def surface_normals(depth: Tensor) -> Tensor:
+    """A third modality derived from depth: ``(n, 1, H, W)`` depth -> ``(n, 3, H, W)`` surface
+    normals, encoded as normal maps are, (n + 1) / 2 in [0, 1].
+
+    The normal of the surface z(x, y) is (-dz/dx, -dz/dy, 1), normalised, with the slopes taken
+    by central differences (one-sided at the border) over ``NORMAL_PIXEL_SPACING``.  A depth
+    hole or noise makes the normals of its cell (and its rim) wrong too: the damage is inherited.
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise ValueError(f"expected depth of shape (n, 1, H, W), got {tuple(depth.shape)}")
+    dz_dy, dz_dx = torch.gradient(depth[:, 0] / NORMAL_PIXEL_SPACING, dim=(1, 2))
+    normals = torch.stack([-dz_dx, -dz_dy, torch.ones_like(dz_dx)], dim=1)  # n 3 H W
+    return (normals / normals.norm(dim=1, keepdim=True) + 1) / 2
 
 
 def load_rgbd_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
