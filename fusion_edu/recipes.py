@@ -28,7 +28,9 @@ RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=6
 CPU_EPOCHS = 10  # about 50 s per single-modal model on a 2-core CPU
 GPU_EPOCHS = 40  # the same notebook on a GPU trains longer, and still finishes sooner
 # TokenFusion (notebook 03) starts from the single-modal models above and fine-tunes them together.
-TOKENFUSION = dict(lambda_l1=1e-4, share_weights=False)  # official lambda on the summed l1
+# lambda on the summed l1: half the official 1e-4, tuned (as the official author advises) so that
+# 30-50 % of tokens are exchanged; 1e-4 exchanges more and loses mIoU, 3e-5 leaves RGB unexchanged.
+TOKENFUSION = dict(lambda_l1=5e-5, share_weights=False)
 FINETUNE_LR = 1e-3  # scores start at 0.5 and must learn to fall below theta within a few epochs
 FINETUNE_CPU_EPOCHS = 3  # about 50 s on a 2-core CPU
 FINETUNE_GPU_EPOCHS = 10

@@ -57,6 +57,7 @@ __all__ = [
     "TokenFusionLayer",
     "TokenFusionOutput",
     "l1_sparsity",
+    "pooled_on_corrupted",
     "preallocate",
     "share_below_threshold",
     "shuffle_tokens",
@@ -386,6 +387,18 @@ def substitution_statistics(substituted: Sequence[Mapping[str, Tensor]],
             "random": [damage.float().mean().item()] * len(masks),
         }
     return statistics
+
+
+def pooled_on_corrupted(statistics: Mapping[str, Sequence[float]], layers: Sequence[int]) -> float:
+    """The share of substituted tokens on corrupted patches over several ``layers`` together,
+    from one modality's ``substitution_statistics`` (each layer weighted by its substitutions)."""
+    if not layers:
+        raise ValueError("expected at least one layer to pool over, got none")
+    shares = [statistics["share"][layer] for layer in layers]
+    if sum(shares) == 0:
+        raise ValueError(f"no token was substituted in layers {list(layers)}")
+    hits = [share * statistics["on_corrupted"][layer] for share, layer in zip(shares, layers, strict=True)]
+    return sum(hits) / sum(shares)
 
 
 def token_scores_and_masks(model: TokenFusion, data: Mapping[str, Tensor]

@@ -9,6 +9,7 @@ from fusion_edu.tokenfusion import (
     TokenFusion,
     TokenFusionLayer,
     l1_sparsity,
+    pooled_on_corrupted,
     preallocate,
     share_below_threshold,
     shuffle_tokens,
@@ -251,6 +252,16 @@ def test_substitution_statistics_by_hand():
     assert stats["random"] == [0.25, 0.25]
     with pytest.raises(ValueError, match=r"shape \(1, 4\) for 'rgb', got \(1, 3\)"):
         substitution_statistics(substituted, {"rgb": torch.zeros(1, 3, dtype=torch.bool)})
+
+
+def test_pooled_on_corrupted_weighs_layers_by_their_substitutions():
+    stats = {"share": [0.9, 0.1, 0.3, 0.0], "on_corrupted": [0.05, 0.5, 0.3, float("nan")]}
+    assert pooled_on_corrupted(stats, [1, 2]) == pytest.approx((0.1 * 0.5 + 0.3 * 0.3) / 0.4)
+    assert pooled_on_corrupted(stats, [0]) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=r"no token was substituted in layers \[3\]"):
+        pooled_on_corrupted(stats, [3])
+    with pytest.raises(ValueError, match="at least one layer"):
+        pooled_on_corrupted(stats, [])
 
 
 def test_token_scores_and_masks_cover_the_data():
