@@ -1,8 +1,9 @@
-"""Training throughput of fusion_edu's ViT against timm's VisionTransformer, same configuration.
+"""Training throughput of fusion_edu's models against timm's, same configuration: the ViT against
+timm's VisionTransformer, and CrossViT against timm's CrossVit.
 
     python benchmarks/throughput.py [--steps 30] [--repeats 5] [--batch-size 64] [--threads 2]
 
-Both models take the same weights (ours loads timm's state_dict), the same batch, AdamW and the same
+Both models of a pair take the same weights (ours loads timm's), the same batch, AdamW and the same
 number of steps; each repeat is timed after a warm-up, and the table prints the median images/s
 of each and their ratio. Timings are noisy on a shared machine: compare the ratio, within one run.
 """
@@ -15,13 +16,41 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timm.models.crossvit import CrossVit as TimmCrossViT
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from fusion_edu.crossvit import CrossViT, load_timm_crossvit
 from fusion_edu.train import default_device, seeded
 from fusion_edu.vit import VisionTransformer
 
-CONFIG = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=5)
+IMG_SIZE, NUM_CLASSES = 32, 5
+VIT = dict(img_size=IMG_SIZE, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=NUM_CLASSES)
+CROSSVIT = dict(patch_sizes=(4, 8), embed_dims=(48, 96), depth=((1, 2, 1),) * 3, num_heads=(3, 3),
+                mlp_ratios=(2.0, 2.0))
 WARMUP_STEPS = 5
+
+
+def vit_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ours, timm's) ViT with the same weights."""
+    timm_model = TimmViT(**VIT)
+    ours = VisionTransformer(**VIT)
+    ours.load_state_dict(timm_model.state_dict())
+    return ours, timm_model
+
+
+def crossvit_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ours, timm's) CrossViT with the same weights (timm's layout: 0 cross layers means one)."""
+    cfg = CROSSVIT
+    timm_model = TimmCrossViT(img_size=IMG_SIZE, img_scale=(1.0, 1.0), patch_size=cfg["patch_sizes"],
+                              embed_dim=cfg["embed_dims"], num_heads=cfg["num_heads"],
+                              mlp_ratio=(*cfg["mlp_ratios"], 1.0), num_classes=NUM_CLASSES,
+                              depth=tuple((small, large, 0) for small, large, _ in cfg["depth"]))
+    ours = CrossViT(img_size=IMG_SIZE, num_classes=NUM_CLASSES, reattach_patches=False, **cfg)
+    load_timm_crossvit(ours, timm_model)
+    return ours, timm_model
+
+
+PAIRS = {"ViT": vit_pair, "CrossViT": crossvit_pair}
 
 
 def _logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -62,22 +91,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = default_device()
-    with seeded(0):
-        timm_model = TimmViT(**CONFIG).to(device)
-        ours = VisionTransformer(**CONFIG).to(device)
-        ours.load_state_dict(timm_model.state_dict())
-        images = torch.randn(args.batch_size, 3, CONFIG["img_size"], CONFIG["img_size"], device=device)
-        labels = torch.randint(0, CONFIG["num_classes"], (args.batch_size,), device=device)
-    rates: dict[str, list[float]] = {"fusion_edu": [], "timm": []}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-        rates["fusion_edu"].append(images_per_second(ours, images, labels, args.steps))
-        rates["timm"].append(images_per_second(timm_model, images, labels, args.steps))
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"device {device}, threads {args.threads}, batch {args.batch_size}, config {CONFIG}")
-    print(f"{'model':<12}{'median img/s':>14}{'min':>10}{'max':>10}")
-    for name, values in rates.items():
-        print(f"{name:<12}{medians[name]:>14.0f}{min(values):>10.0f}{max(values):>10.0f}")
-    print(f"ratio fusion_edu / timm: {medians['fusion_edu'] / medians['timm']:.3f}")
+    print(f"device {device}, threads {args.threads}, batch {args.batch_size}; ViT {VIT}; CrossViT {CROSSVIT}")
+    print(f"{'model':<10}{'fusion_edu img/s':>18}{'timm img/s':>12}{'ratio':>8}"
+          f"   (medians of {args.repeats})")
+    for name, make_pair in PAIRS.items():
+        with seeded(0):
+            ours, timm_model = (model.to(device) for model in make_pair())
+            images = torch.randn(args.batch_size, 3, IMG_SIZE, IMG_SIZE, device=device)
+            labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
+        rates: dict[str, list[float]] = {"fusion_edu": [], "timm": []}
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            rates["fusion_edu"].append(images_per_second(ours, images, labels, args.steps))
+            rates["timm"].append(images_per_second(timm_model, images, labels, args.steps))
+        ours_rate, timm_rate = (statistics.median(rates[k]) for k in ("fusion_edu", "timm"))
+        print(f"{name:<10}{ours_rate:>18.0f}{timm_rate:>12.0f}{ours_rate / timm_rate:>8.3f}")
 
 
 if __name__ == "__main__":

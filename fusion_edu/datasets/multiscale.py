@@ -1,0 +1,128 @@
+"""Multi-scale textured layouts for CrossViT (notebook 05): a label that needs a coarse layout *and*
+a fine pattern.
+
+Each 32x32 image is split into a *region* and a background.  The region covers one half of the
+image (``LAYOUTS``: left, right, top or bottom; its border jittered by a few pixels) in its own
+colour: cheap to see through large patches.  Both parts carry a fine texture with a two-pixel
+period (``TEXTURES``: horizontal stripes, vertical stripes or a checkerboard): visible only at the
+scale of single pixels.  The region's texture and the background's always differ, so the image
+as a whole always shows two textures and the label — ``layout * len(TEXTURES) + region texture``,
+12 classes — needs the layout to tell which texture is the region's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cache import cached
+
+__all__ = [
+    "LAYOUTS",
+    "MULTISCALE_SPLIT_SIZES",
+    "TEXTURES",
+    "MultiScaleConfig",
+    "generate_multiscale_images",
+    "load_multiscale_images",
+    "validate_multiscale",
+]
+
+GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
+LAYOUTS = ("left", "right", "top", "bottom")  # where the region lies
+TEXTURES = ("horizontal", "vertical", "checker")  # the fine pattern, period two pixels
+MULTISCALE_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+_COLOUR_TRIES = 100
+
+
+@dataclass(frozen=True)
+class MultiScaleConfig:
+    """Knobs of the generator; the defaults make the notebook's dataset."""
+
+    image_size: int = 32
+    border_jitter: int = 3  # pixels the region's border moves from the image's middle
+    texture_amplitude: float = 0.12  # +- this around the local colour
+    noise: float = 0.03  # std of the per-pixel noise
+    min_colour_distance: float = 0.3  # region vs background colour, Euclidean in [0, 1]^3
+
+    def __post_init__(self) -> None:
+        if self.image_size < 4 * self.border_jitter or self.image_size % 2:
+            raise ValueError(f"image_size must be even and at least 4 * border_jitter, got "
+                             f"{self.image_size} and {self.border_jitter}")
+
+
+def _texture(kind: int, size: int) -> np.ndarray:
+    """The +-1 pattern of ``TEXTURES[kind]``, ``(size, size)``."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    parity = {0: rows, 1: cols, 2: rows + cols}[kind] % 2
+    return 2.0 * parity - 1.0
+
+
+def _region_mask(layout: int, size: int, border: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:size, 0:size]
+    return {0: cols < border, 1: cols >= border, 2: rows < border, 3: rows >= border}[layout]
+
+
+def _image(rng: np.random.Generator, cfg: MultiScaleConfig) -> dict[str, np.ndarray]:
+    size = cfg.image_size
+    layout = int(rng.integers(len(LAYOUTS)))
+    region_texture, background_texture = (int(t) for t in rng.permutation(len(TEXTURES))[:2])
+    border = size // 2 + int(rng.integers(-cfg.border_jitter, cfg.border_jitter + 1))
+    region = _region_mask(layout, size, border)
+    background_colour = rng.uniform(0.2, 0.8, size=3)
+    for _ in range(_COLOUR_TRIES):
+        region_colour = rng.uniform(0.2, 0.8, size=3)
+        if np.linalg.norm(region_colour - background_colour) >= cfg.min_colour_distance:
+            break
+    else:
+        raise RuntimeError(f"no region colour {cfg.min_colour_distance} from the background in "
+                           f"{_COLOUR_TRIES} tries; lower min_colour_distance")
+    colour = np.where(region[None], region_colour[:, None, None], background_colour[:, None, None])
+    texture = np.where(region, _texture(region_texture, size), _texture(background_texture, size))
+    image = colour + cfg.texture_amplitude * texture[None] + rng.normal(0, cfg.noise, (3, size, size))
+    return {"image": np.clip(image, 0, 1).astype(np.float32),
+            "label": np.int64(layout * len(TEXTURES) + region_texture),
+            "layout": np.int64(layout), "texture": np.int64(region_texture), "region": region}
+
+
+def generate_multiscale_images(num_images: int, seed: int | Sequence[int],
+                               config: MultiScaleConfig = MultiScaleConfig()) -> dict[str, Tensor]:
+    """``num_images`` images from ``seed`` (no cache): ``image (n 3 H W)`` float32 in [0, 1],
+    ``label``, ``layout`` and ``texture`` ``(n,)`` int64, and the ``region`` mask ``(n H W)`` bool."""
+    rng = np.random.default_rng(seed)
+    images = [_image(rng, config) for _ in range(num_images)]
+    return {key: torch.from_numpy(np.stack([image[key] for image in images])) for key in images[0]}
+
+
+def load_multiscale_images(split: str, seed: int = 0, num_images: int | None = None,
+                           config: MultiScaleConfig = MultiScaleConfig()) -> dict[str, Tensor]:
+    """The ``split`` ("train", "val" or "test") of the multi-scale images, from the cache under data/."""
+    if split not in MULTISCALE_SPLIT_SIZES:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(MULTISCALE_SPLIT_SIZES)}")
+    count = MULTISCALE_SPLIT_SIZES[split] if num_images is None else num_images
+    description = {"generator": "multiscale", "version": GENERATOR_VERSION, "split": split,
+                   "seed": seed, "num_images": count, "config": asdict(config)}
+    images = cached(f"multiscale-{split}-seed{seed}-n{count}", description,
+                    lambda: generate_multiscale_images(count, [seed, _SPLIT_STREAM[split]], config))
+    validate_multiscale(images)
+    return images
+
+
+def validate_multiscale(images: Mapping[str, Tensor]) -> None:
+    """Check ``image (n 3 H W)`` and ``label (n,)`` with labels in range; raise naming what came."""
+    missing = sorted({"image", "label"} - set(images))
+    if missing:
+        raise KeyError(f"expected keys 'image' and 'label', missing {missing}; got {sorted(images)}")
+    image, label = images["image"], images["label"]
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"expected image of shape (n, 3, H, W), got {tuple(image.shape)}")
+    if tuple(label.shape) != (image.shape[0],):
+        raise ValueError(f"expected label of shape ({image.shape[0]},), got {tuple(label.shape)}")
+    num_classes = len(LAYOUTS) * len(TEXTURES)
+    if len(label) and not (0 <= int(label.min()) and int(label.max()) < num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(label.min())}, "
+                         f"{int(label.max())}]")
