@@ -100,7 +100,8 @@ def test_fit_or_load_trains_once(tmp_cache, small_scenes):
     assert second == first
     torch.testing.assert_close(second_model.state_dict(), first_model.state_dict())
     other_start = _model(seed=9)  # the starting weights are part of the key: trained anew
-    third = fit_or_load("tiny", other_start, train, config=config, progress=False)
+    with pytest.warns(UserWarning, match="tiny.pt is stale"):
+        third = fit_or_load("tiny", other_start, train, config=config, progress=False)
     assert third != first
     assert not torch.equal(other_start.head.proj.weight, first_model.head.proj.weight)
 
