@@ -161,11 +161,13 @@ def plot_token_scores(images: Mapping[str, Tensor], scores: Mapping[str, Tensor]
                              f"got shape {tuple(scores[modality].shape)}")
         below = scores[modality].cpu() < threshold
         heatmap = scores[modality].detach().cpu().float().reshape(grid, grid).numpy()
-        panels = ((_rgb(image), "viridis_r", f"{modality}: {int(below.sum())} below θ"),
-                  (np.kron(heatmap, np.ones((patch_size, patch_size))), "magma", "score s(e)"),
-                  (corrupted[modality].cpu().numpy(), "gray", "ground truth: corrupted"))
-        for ax, (values, cmap, title) in zip(axes[row], panels, strict=True):
-            ax.imshow(values, cmap=cmap, **({"vmin": 0, "vmax": 1} if cmap != "viridis_r" else {}))
+        unit = {"vmin": 0, "vmax": 1}  # scores and masks on a fixed [0, 1] scale
+        panels = ((_rgb(image), {"cmap": "viridis_r"}, f"{modality}: {int(below.sum())} below θ"),
+                  (np.kron(heatmap, np.ones((patch_size, patch_size))), {"cmap": "magma", **unit},
+                   "score s(e)"),
+                  (corrupted[modality].cpu().numpy(), {"cmap": "gray", **unit}, "ground truth: corrupted"))
+        for ax, (values, style, title) in zip(axes[row], panels, strict=True):
+            ax.imshow(values, **style)
             outline_patches(ax, below, patch_size)
             ax.set_title(title, fontsize=8)
     return fig
