@@ -47,7 +47,8 @@ from .blocks import (
     init_vit_weights,
     select_modality,
 )
-from .vit import POS_STD
+from .flops import count_flops
+from .vit import POS_STD, VisionTransformer
 
 __all__ = [
     "FUSIONS",
@@ -60,8 +61,11 @@ __all__ = [
     "CrossViTOutput",
     "MultiScaleBlock",
     "PairwiseFusion",
+    "SingleBranchViT",
+    "fusion_flops",
     "load_timm_crossvit",
     "projection",
+    "single_branch",
 ]
 
 FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise")
@@ -296,6 +300,7 @@ class CrossViT(nn.Module):
                 raise ValueError(f"each branch's width must be divisible by its head count, got "
                                  f"width {width} with {heads} heads")
         self.modality = modality
+        self.img_size = img_size
         self.branch_sizes = [int(scale * img_size) for scale in img_scales]  # each branch's input size
         self.patch_embeds = nn.ModuleList(
             PatchEmbed(size, p, in_chans, d)
@@ -319,7 +324,7 @@ class CrossViT(nn.Module):
         tokens = []
         for size, patch_embed, cls_token, pos in zip(self.branch_sizes, self.patch_embeds, self.cls_tokens,
                                                      self.pos_embeds, strict=True):
-            patches = patch_embed(_rescale(images, size))
+            patches = patch_embed(_rescale(images, self.img_size, size))
             tokens.append(torch.cat([cls_token.expand(len(patches), -1, -1), patches], dim=1) + pos)
         return tokens
 
@@ -336,11 +341,53 @@ class CrossViT(nn.Module):
                               fusion_attention=attention if return_attention else None)
 
 
-def _rescale(images: Tensor, size: int) -> Tensor:
-    """The branch's view of the image: bicubic resampling to ``size`` (as timm), or the image itself."""
-    if images.shape[-1] == size and images.shape[-2] == size:
+def _rescale(images: Tensor, img_size: int, size: int) -> Tensor:
+    """A branch's view of ``(b, c, img_size, img_size)`` images: bicubic resampling to ``size``
+    (as timm), or the images themselves."""
+    if images.ndim != 4 or tuple(images.shape[-2:]) != (img_size, img_size):
+        raise ValueError(f"expected images of shape (batch, channels, {img_size}, {img_size}), "
+                         f"got {tuple(images.shape)}")
+    if size == img_size:
         return images
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
+
+
+def fusion_flops(fusion: Fusion, num_patches: Sequence[int], embed_dims: Sequence[int] = (48, 96),
+                 num_heads: Sequence[int] = (3, 3)) -> int:
+    """Forward FLOPs of one fusion alone (no transformer layers), for one image whose branches
+    hold ``num_patches`` patch tokens (plus a CLS token each).  Cross-attention grows linearly in
+    the token count (one query per direction), all-attention quadratically."""
+    block = MultiScaleBlock(embed_dims, (0, 0), num_heads, (1.0, 1.0), fusion)
+    tokens = [torch.zeros(1, 1 + n, d) for n, d in zip(num_patches, embed_dims, strict=True)]
+    return count_flops(block, tokens)
+
+
+class SingleBranchViT(VisionTransformer):
+    """One CrossViT branch on its own: a ViT (the paper's single-branch DeiT baseline) with the
+    branch's patch size, width, heads and total depth, seeing the image at the branch's scale."""
+
+    def __init__(self, img_size: int = 32, img_scale: float = 1.0, **vit_options: object) -> None:
+        super().__init__(img_size=int(img_scale * img_size), **vit_options)
+        self.full_size = img_size
+
+    def patch_tokens(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        images = select_modality(inputs, self.modality)
+        return self.patch_embed(_rescale(images, self.full_size, self.patch_embed.img_size))
+
+
+def single_branch(branch: int, img_size: int = 32, patch_sizes: Sequence[int] = (4, 8),
+                  in_chans: int = 3, num_classes: int = 10, embed_dims: Sequence[int] = (48, 96),
+                  depth: Sequence[Sequence[int]] = ((1, 2, 1),) * 3, num_heads: Sequence[int] = (3, 3),
+                  mlp_ratios: Sequence[float] = (2.0, 2.0), img_scales: Sequence[float] = (1.0, 1.0),
+                  modality: str = "image", **fusion_options: object) -> SingleBranchViT:
+    """Branch ``branch`` (0: S, 1: L) of the CrossViT these arguments build, alone: the same
+    arguments as ``CrossViT`` (its fusion options are ignored), no fusion, one head."""
+    if branch not in (0, 1):
+        raise ValueError(f"CrossViT has branches 0 (S) and 1 (L), got {branch}")
+    return SingleBranchViT(img_size, img_scales[branch], patch_size=patch_sizes[branch],
+                           in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dims[branch],
+                           depth=sum(stage[branch] for stage in depth), num_heads=num_heads[branch],
+                           mlp_ratio=mlp_ratios[branch], modality=modality)
 
 
 _TIMM_RENAMES = (  # timm CrossVit state_dict name -> ours (cross-attention fusion)

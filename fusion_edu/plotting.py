@@ -21,6 +21,7 @@ __all__ = [
     "label_colormap",
     "outline_patches",
     "plot_attention_map",
+    "plot_cls_cross_attention",
     "plot_history",
     "plot_segmentations",
     "plot_token_scores",
@@ -139,6 +140,32 @@ def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, 
     axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
                       alpha=0.75)
     axes[0, 1].set_title(f"layer {layer}, head {head}; to CLS: {cls_share:.2f}", fontsize=8)
+    return fig
+
+
+def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, title: str = "CLS"
+                             ) -> Figure:
+    """The CrossViT widget callback: where one branch's CLS token looks in the other branch.
+
+    ``image`` is ``(c, H, W)``; ``weights`` ``(heads, 1 + n)`` are that CLS token's cross-attention
+    (one sample, one fusion layer) over [itself; the other branch's n patches], each of which covers
+    ``patch_size`` x ``patch_size`` pixels of the image.  Panels: the image with the other branch's
+    patch grid, the mean over heads, then each head; titles give the share kept on the CLS itself.
+    """
+    grid = image.shape[-1] // patch_size
+    if weights.ndim != 2 or weights.shape[1] != 1 + grid * grid:
+        raise ValueError(f"expected weights of shape (heads, {1 + grid * grid}) for {patch_size}-pixel "
+                         f"patches of a {image.shape[-1]}-pixel image, got {tuple(weights.shape)}")
+    weights = weights.detach().cpu().float()
+    rows = [("mean over heads", weights.mean(0))] + [(f"head {h}", w) for h, w in enumerate(weights)]
+    fig, axes = _panels(1 + len(rows))
+    axes[0, 0].imshow(_rgb(image), cmap="viridis_r")
+    draw_patch_grid(axes[0, 0], image.shape[-1], patch_size)
+    axes[0, 0].set_title(title, fontsize=8)
+    for ax, (name, row) in zip(axes[0, 1:], rows, strict=True):
+        heatmap = row[1:].reshape(grid, grid).numpy()
+        ax.imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma", vmin=0)
+        ax.set_title(f"{name}; on itself {row[0].item():.2f}", fontsize=8)
     return fig
 
 

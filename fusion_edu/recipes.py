@@ -14,13 +14,15 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .datasets import CLASSES
+from .crossvit import CrossViT, SingleBranchViT, single_branch
+from .datasets import CLASSES, LAYOUTS, TEXTURES
 from .tokenfusion import TokenFusion
 from .train import TrainConfig, default_device, fit_or_load, seeded
 from .vit import VisionTransformer
 
-__all__ = ["RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION", "rgbd_training", "tokenfusion_training",
-           "train_single_modal", "train_tokenfusion"]
+__all__ = ["CROSSVIT", "RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION", "crossvit_training",
+           "rgbd_training", "tokenfusion_training", "train_crossvit", "train_single_modal",
+           "train_tokenfusion"]
 
 RGBD_CHANNELS = {"rgb": 3, "depth": 1}
 RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=64, depth=4,
@@ -74,4 +76,38 @@ def train_tokenfusion(name: str, singles: Mapping[str, VisionTransformer],
         model = TokenFusion(modalities, **vit, **{**TOKENFUSION, **options})
     model.load_single_modal({m: singles[m] for m in modalities if m in singles})
     history = fit_or_load(name, model, train, val, config, progress=progress)
+    return model, history
+
+
+# CrossViT (notebook 05) on the multi-scale images: the S-branch sees the 32x32 image through 4x4
+# patches (64 tokens, 48 wide, 3 layers); the L-branch sees it at half resolution through 4x4
+# patches, i.e. 8x8 patches of the original (16 tokens, 96 wide, 6 layers): the paper's small/large
+# patch pair, with the fine texture out of the L-branch's sight (see datasets.multiscale).
+CROSSVIT = dict(img_size=32, patch_sizes=(4, 4), img_scales=(1.0, 0.5),
+                num_classes=len(LAYOUTS) * len(TEXTURES), embed_dims=(48, 96),
+                depth=((1, 2, 1),) * 3, num_heads=(3, 3), mlp_ratios=(2.0, 2.0))
+BRANCH_NAMES = ("S", "L")
+CROSSVIT_CPU_EPOCHS = 5  # about 25 s per CrossViT on a 2-core CPU
+CROSSVIT_GPU_EPOCHS = 15
+
+
+def crossvit_training(device: torch.device | None = None, seed: int = 0) -> TrainConfig:
+    """AdamW, lr 1e-3, batch 64; 5 epochs on a CPU, 15 on a GPU."""
+    device = device or default_device()
+    epochs = CROSSVIT_GPU_EPOCHS if device.type == "cuda" else CROSSVIT_CPU_EPOCHS
+    return TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, seed=seed)
+
+
+def train_crossvit(name: str, train: Mapping[str, Tensor], val: Mapping[str, Tensor] | None,
+                   config: TrainConfig, branch: int | None = None, progress: bool = True,
+                   **options: object) -> tuple[CrossViT | SingleBranchViT, list[dict]]:
+    """The CrossViT at ``CROSSVIT`` (``options`` override it: fusion, depth, ...), or with
+    ``branch`` 0 or 1 that branch alone, trained with ``config`` (or loaded from the cache)."""
+    with seeded(config.seed):
+        if branch is None:
+            model = CrossViT(**{**CROSSVIT, **options})
+        else:
+            model = single_branch(branch, **{**CROSSVIT, **options})
+    history = fit_or_load(f"crossvit_{name}_seed{config.seed}", model, train, val, config,
+                          progress=progress)
     return model, history

@@ -16,9 +16,10 @@ import torch
 from IPython.display import display
 from torch import Tensor, nn
 
-from .plotting import plot_attention_map, plot_token_scores
+from .plotting import plot_attention_map, plot_cls_cross_attention, plot_token_scores
 
-__all__ = ["attention_explorer", "sample_attention", "sample_token_scores", "token_score_explorer"]
+__all__ = ["attention_explorer", "cross_attention_explorer", "sample_attention",
+           "sample_cross_attention", "sample_token_scores", "token_score_explorer"]
 
 
 def sample_attention(model: nn.Module, data: Mapping[str, Tensor], index: int) -> Tensor:
@@ -51,6 +52,43 @@ def attention_explorer(model: nn.Module, data: Mapping[str, Tensor], modality: s
         head=widgets.IntSlider(0, 0, model.blocks[0].attn.num_heads - 1),
         query_row=widgets.IntSlider(grid // 2, 0, grid - 1),
         query_col=widgets.IntSlider(grid // 2, 0, grid - 1),
+    )
+
+
+def sample_cross_attention(model: nn.Module, data: Mapping[str, Tensor], index: int
+                           ) -> list[list[Tensor]]:
+    """One CrossViT forward of sample ``index``: per multi-scale block, per branch i, the first
+    fusion layer's weights of branch i's CLS over [itself; the other branch's patches], ``(h, 1 + n_j)``."""
+    device = next(model.parameters()).device
+    sample = {key: value[index:index + 1].to(device) for key, value in data.items()}
+    model.eval()
+    with torch.inference_mode():
+        output = model(sample, return_attention=True)
+    return [[layers[0][0, :, 0].float().cpu() for layers in block] for block in output.fusion_attention]
+
+
+def cross_attention_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets.Widget:
+    """Sample, block and branch -> that branch's CLS cross-attention over the other branch's
+    patches (``plot_cls_cross_attention``); a cross-attention CrossViT only."""
+    if model.blocks[0].fusion_kind != "cross_attention":
+        raise ValueError(f"the explorer shows cross-attention fusion, got a "
+                         f"{model.blocks[0].fusion_kind!r} CrossViT")
+    images = data[model.modality]
+    attention_of = lru_cache(maxsize=32)(lambda index: sample_cross_attention(model, data, index))
+    names = ("S-branch CLS -> L patches", "L-branch CLS -> S patches")
+
+    def show(sample: int, block: int, branch: int) -> None:
+        other = model.patch_embeds[1 - branch].grid_size[0]
+        figure = plot_cls_cross_attention(images[sample], attention_of(sample)[block][branch],
+                                          model.img_size // other, names[branch])
+        display(figure)
+        plt.close(figure)
+
+    return widgets.interactive(
+        show,
+        sample=widgets.IntSlider(0, 0, len(images) - 1),
+        block=widgets.IntSlider(0, 0, len(model.blocks) - 1),
+        branch=widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], value=0),
     )
 
 

@@ -1,8 +1,17 @@
+import itertools
+
 import pytest
 import timm
 import torch
 
-from fusion_edu.crossvit import FUSIONS, CrossAttention, CrossViT, load_timm_crossvit
+from fusion_edu.crossvit import (
+    FUSIONS,
+    CrossAttention,
+    CrossViT,
+    fusion_flops,
+    load_timm_crossvit,
+    single_branch,
+)
 from fusion_edu.train import seeded
 
 SMALL = dict(img_size=32, patch_sizes=(4, 8), num_classes=7, embed_dims=(16, 32), num_heads=(2, 4),
@@ -101,3 +110,31 @@ def test_bad_configurations_raise_clear_errors():
         CrossViT(**{**SMALL, "patch_sizes": (4, 8, 16)})
     with pytest.raises(ValueError, match="fusion must be one of"):
         CrossViT(**SMALL, fusion="concat")
+    with pytest.raises(ValueError, match=r"\(batch, channels, 32, 32\), got \(2, 3, 16, 16\)"):
+        CrossViT(**SMALL)(torch.rand(2, 3, 16, 16))  # never silently resampled
+    with pytest.raises(ValueError, match="branches 0 \\(S\\) and 1 \\(L\\), got 2"):
+        single_branch(2, **SMALL)
+
+
+def test_single_branch_is_that_branch_alone():
+    config = {**SMALL, "img_scales": (1.0, 0.5), "patch_sizes": (4, 4), "depth": ((1, 2, 1), (1, 3, 1))}
+    small, large = single_branch(0, **config), single_branch(1, **config)
+    assert len(small.blocks) == 2 and len(large.blocks) == 5  # the branch's layers over all blocks
+    assert small.patch_embed.num_patches == 64 and large.patch_embed.num_patches == 16  # 16x16 view
+    assert large.cls_token.shape[-1] == SMALL["embed_dims"][1]
+    images = torch.rand(2, 3, 32, 32)
+    half = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(large.patch_tokens(images), large.patch_embed(half))
+    assert large(images).logits.shape == (2, SMALL["num_classes"])
+
+
+def test_fusion_flops_grow_linearly_for_cross_attention_and_quadratically_for_all_attention():
+    sizes = (64, 256, 1024)  # S tokens; the L-branch has a quarter as many
+    cross = [fusion_flops("cross_attention", (n, n // 4)) for n in sizes]
+    full = [fusion_flops("all_attention", (n, n // 4)) for n in sizes]
+    cross_growth = [b / a for a, b in itertools.pairwise(cross)]
+    full_growth = [b / a for a, b in itertools.pairwise(full)]
+    assert all(3.0 < g < 4.2 for g in cross_growth)  # 4x the tokens: about 4x the FLOPs
+    assert full_growth[-1] > 10  # 4x the tokens: towards 16x the FLOPs
+    assert all(c < f for c, f in zip(cross, full, strict=True))
+    assert fusion_flops("class_token", (64, 16)) == fusion_flops("class_token", (1024, 256))

@@ -1,5 +1,8 @@
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fusion_edu.datasets import (
     LAYOUTS,
@@ -36,13 +39,28 @@ def test_generation_is_deterministic_and_shaped():
 
 def test_the_label_is_in_the_pixels():
     images = generate_multiscale_images(40, 3, NOISELESS)
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[2:-2, 2:-2] = True  # the texture's frame is two pixels wide
     for i in range(40):
-        region = images["region"][i]
+        image, region = images["image"][i], images["region"][i]
         layout = LAYOUTS[int(images["layout"][i])]
         half = {"left": region[:, 0], "right": region[:, -1], "top": region[0], "bottom": region[-1]}[layout]
         assert half.all() and 0.3 < region.float().mean() < 0.7  # about half of the image
-        assert _texture_of(images["image"][i], region) == images["texture"][i]
-        assert _texture_of(images["image"][i], ~region) != images["texture"][i]  # a distractor texture
+        assert (image[:, region].mean(1) > image[:, ~region].mean(1)).all()  # lighter, every channel
+        assert _texture_of(image, inside) == images["texture"][i]
+        edge = image[:, 0, :][:, region[0]]  # the frame: the region's flat colour
+        assert torch.allclose(edge, edge[:, :1].expand_as(edge))
+
+
+def test_half_resolution_cannot_see_the_texture():
+    """What the L-branch sees at img_scale 0.5: bicubic resampling averages the period-2 texture away."""
+    images = generate_multiscale_images(12, 5, NOISELESS)["image"]
+    flat = generate_multiscale_images(12, 5, replace(NOISELESS, texture_amplitude=0.0))["image"]
+    assert (images - flat).abs().amax() == pytest.approx(NOISELESS.texture_amplitude, rel=1e-5)
+    half = [F.interpolate(x, size=(16, 16), mode="bicubic", align_corners=False) for x in (images, flat)]
+    leak = (half[0] - half[1]).abs()
+    assert leak[..., 2:-2, 2:-2].amax() < 1e-6  # inside: exactly averaged away
+    assert leak.amax() < 0.11 * NOISELESS.texture_amplitude  # at the frame: a tenth at most
 
 
 def test_classes_are_roughly_balanced():
@@ -73,3 +91,7 @@ def test_validation_names_what_came():
         validate_multiscale({**good, "label": torch.full((4,), 12)})
     with pytest.raises(ValueError, match="image_size must be even"):
         MultiScaleConfig(image_size=31)
+    with pytest.raises(ValueError, match="texture_frame must lie in"):
+        MultiScaleConfig(texture_frame=16)
+    with pytest.raises(ValueError, match="region must be lighter"):
+        MultiScaleConfig(background_colours=(0.3, 0.6))

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+from fusion_edu.crossvit import CrossViT
 from fusion_edu.datasets import CLASSES, VISIBILITY
 from fusion_edu.plotting import (
     attention_heatmap,
     plot_attention_map,
+    plot_cls_cross_attention,
     plot_history,
     plot_segmentations,
     plot_token_scores,
@@ -17,7 +19,9 @@ from fusion_edu.train import seeded
 from fusion_edu.vit import VisionTransformer
 from fusion_edu.widgets import (
     attention_explorer,
+    cross_attention_explorer,
     sample_attention,
+    sample_cross_attention,
     sample_token_scores,
     token_score_explorer,
 )
@@ -112,4 +116,39 @@ def test_token_score_explorer_reads_the_models_scores():
     sliders = {child.description: child for child in explorer.children[:-1]}
     assert sliders["layer"].max == 1 and sliders["sample"].max == 2
     assert sliders["theta"].value == pytest.approx(0.02)
+    plt.close("all")
+
+
+def test_plot_cls_cross_attention_draws_each_head_over_the_other_grid():
+    weights = torch.softmax(torch.randn(3, 1 + 16), dim=-1)  # 3 heads, CLS + a 4x4 grid
+    figure = plot_cls_cross_attention(torch.rand(3, 32, 32), weights, 8, "S CLS")
+    panels = figure.axes
+    assert len(panels) == 1 + 1 + 3  # image, mean, three heads
+    np.testing.assert_allclose(panels[1].images[0].get_array()[::8, ::8],
+                               weights.mean(0)[1:].reshape(4, 4).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(panels[4].images[0].get_array()[8, 16], weights[2, 1 + 4 + 2].item())
+    assert f"{weights[0, 0].item():.2f}" in panels[2].get_title()  # the share kept on itself
+    with pytest.raises(ValueError, match=r"\(heads, 17\) .* got \(3, 65\)"):
+        plot_cls_cross_attention(torch.rand(3, 32, 32), torch.rand(3, 65), 8)
+    plt.close("all")
+
+
+def test_cross_attention_explorer_reads_the_fusion_weights():
+    with seeded(0):
+        model = CrossViT(img_size=16, patch_sizes=(4, 8), embed_dims=(12, 24), num_heads=(2, 2),
+                         depth=((1, 1, 1),) * 2)
+    data = {"image": torch.rand(3, 3, 16, 16), "label": torch.zeros(3, dtype=torch.long)}
+    attention = sample_cross_attention(model, data, 1)
+    expected = model(data["image"][1:2], return_attention=True).fusion_attention
+    assert len(attention) == 2 and attention[1][0].shape == (2, 1 + 4)  # S CLS over L's 2x2 patches
+    assert attention[0][1].shape == (2, 1 + 16)  # L CLS over S's 4x4 patches
+    torch.testing.assert_close(attention[1][1], expected[1][1][0][0, :, 0])
+    explorer = cross_attention_explorer(model, data)
+    sliders = {child.description: child for child in explorer.children[:-1]}
+    assert sliders["block"].max == 1 and sliders["sample"].max == 2
+    with seeded(0):
+        other = CrossViT(img_size=16, patch_sizes=(4, 8), embed_dims=(12, 24), num_heads=(2, 2),
+                         fusion="class_token")
+    with pytest.raises(ValueError, match="shows cross-attention fusion, got a 'class_token'"):
+        cross_attention_explorer(other, data)
     plt.close("all")

@@ -4,6 +4,7 @@ import re
 import pytest
 import torch
 
+from fusion_edu.blocks import Attention
 from fusion_edu.flops import count_flops, count_parameters
 from fusion_edu.train import (
     TrainConfig,
@@ -112,3 +113,11 @@ def test_flop_and_parameter_counts():
     assert count_parameters(layer) == 10 * 20 + 20
     layer.bias.requires_grad_(False)
     assert count_parameters(layer) == 200 and count_parameters(layer, trainable_only=False) == 220
+
+
+def test_attention_flops_are_counted_on_the_cpu_kernel_too():
+    """F.scaled_dot_product_attention on a CPU: q k^T and A v, 2 b h n n e each, are counted."""
+    attention, tokens = Attention(dim=12, num_heads=3), torch.zeros(2, 5, 12)
+    projections = 2 * 2 * 5 * 12 * (3 * 12 + 12)  # qkv and the output projection
+    products = 2 * (2 * 2 * 3 * 5 * 5 * 4)  # q k^T and A v
+    assert count_flops(attention, tokens) == projections + products
