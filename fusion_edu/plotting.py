@@ -28,6 +28,7 @@ __all__ = [
     "show_rgbd_scene",
 ]
 
+HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* records -> axis label
 PANEL_INCHES = 2.2  # width and height of one image panel
 _PALETTE = ["#202020", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
             "#f032e6", "#bfef45", "#fabed4"]
@@ -200,17 +201,20 @@ def plot_token_scores(images: Mapping[str, Tensor], scores: Mapping[str, Tensor]
     return fig
 
 
-def plot_history(histories: Mapping[str, list[dict]]) -> Figure:
-    """Training loss and validation mIoU per epoch, one line per named run."""
-    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+def plot_history(histories: Mapping[str, list[dict]], metric: str = "miou") -> Figure:
+    """Training loss and the validation ``metric`` ("miou" or "accuracy") per epoch, one line per run."""
+    if metric not in HISTORY_METRICS:
+        raise ValueError(f"metric must be one of {list(HISTORY_METRICS)}, got {metric!r}")
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
     for name, history in histories.items():
         epochs = [record["epoch"] for record in history]
         loss_ax.plot(epochs, [record["train_loss"] for record in history], label=name)
-        if "val_miou" in history[0]:
-            miou_ax.plot(epochs, [record["val_miou"] for record in history], label=name)
+        if f"val_{metric}" in history[0]:
+            metric_ax.plot(epochs, [record[f"val_{metric}"] for record in history], label=name)
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    miou_ax.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU")
-    loss_ax.legend()
+    label = HISTORY_METRICS[metric]
+    metric_ax.set(xlabel="epoch", ylabel=label, title=f"validation {label}")
+    loss_ax.legend(fontsize=7)
     return fig
 
 

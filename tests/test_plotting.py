@@ -69,10 +69,15 @@ def test_sample_attention_and_explorer(small_scenes):
 def test_scene_history_and_segmentation_figures(small_scenes):
     figure = show_rgbd_scene(small_scenes, 0, CLASSES, VISIBILITY)
     assert [ax.get_title() for ax in figure.axes[:3]] == ["RGB", "depth (near = yellow)", "label"]
-    history = [{"epoch": 1, "train_loss": 1.0, "val_miou": 0.2},
-               {"epoch": 2, "train_loss": 0.5, "val_miou": 0.4}]
+    history = [{"epoch": 1, "train_loss": 1.0, "val_miou": 0.2, "val_accuracy": 0.5},
+               {"epoch": 2, "train_loss": 0.5, "val_miou": 0.4, "val_accuracy": 0.7}]
     figure = plot_history({"rgb": history})
     assert list(figure.axes[1].lines[0].get_ydata()) == [0.2, 0.4]
+    figure = plot_history({"rgb": history}, metric="accuracy")
+    assert list(figure.axes[1].lines[0].get_ydata()) == [0.5, 0.7]
+    assert figure.axes[1].get_title() == "validation accuracy"
+    with pytest.raises(ValueError, match="metric must be one of"):
+        plot_history({"rgb": history}, metric="loss")
     label = small_scenes["label"][0]
     figure = plot_segmentations([("RGB", small_scenes["rgb"][0])], label, {"rgb": label}, 5)
     assert [ax.get_title() for ax in figure.axes] == ["RGB", "label", "pred: rgb"]
