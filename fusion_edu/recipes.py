@@ -86,7 +86,6 @@ def train_tokenfusion(name: str, singles: Mapping[str, VisionTransformer],
 CROSSVIT = dict(img_size=32, patch_sizes=(4, 4), img_scales=(1.0, 0.5),
                 num_classes=len(LAYOUTS) * len(TEXTURES), embed_dims=(48, 96),
                 depth=((1, 2, 1),) * 3, num_heads=(3, 3), mlp_ratios=(2.0, 2.0))
-BRANCH_NAMES = ("S", "L")
 CROSSVIT_CPU_EPOCHS = 5  # about 25 s per CrossViT on a 2-core CPU
 CROSSVIT_GPU_EPOCHS = 15
 
