@@ -49,13 +49,15 @@ class ModelOutput:
     sparsity, for instance); ``attention`` holds one ``(b, heads, n, n)`` tensor per layer when
     the forward was asked for it.  A fusion model whose ``logits`` ensemble per-modality
     predictions returns those in ``modality_logits``: the training loop puts the task loss on
-    each of them as well as on the ensemble (as TokenFusion's official training does).
+    each of them as well as on the ensemble (as TokenFusion's official training does), or, with
+    ``mean_modality_loss``, on each of them only, averaged (MBT's training).
     """
 
     logits: Tensor
     attention: list[Tensor] | None = None
     aux_loss: Tensor | None = None
     modality_logits: dict[str, Tensor] | None = None
+    mean_modality_loss: bool = False
 
 
 def aligned_modalities(inputs: Mapping[str, Tensor], modalities: Sequence[str]) -> list[Tensor]:

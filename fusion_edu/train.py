@@ -124,11 +124,15 @@ def _to(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 
 def training_loss(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
-    """Task loss on the prediction (and on each modality's, if any) plus the model's aux loss."""
+    """Task loss on the prediction (and on each modality's, if any; or, with ``mean_modality_loss``,
+    the mean over the modalities' only) plus the model's aux loss."""
     target = batch[LABEL_KEY]
-    loss = F.cross_entropy(output.logits.float(), target)
-    for logits in (output.modality_logits or {}).values():
-        loss = loss + F.cross_entropy(logits.float(), target)
+    modality_logits = (output.modality_logits or {}).values()
+    per_modality = [F.cross_entropy(logits.float(), target) for logits in modality_logits]
+    if output.mean_modality_loss:
+        loss = torch.stack(per_modality).mean()
+    else:
+        loss = F.cross_entropy(output.logits.float(), target) + sum(per_modality)
     if output.aux_loss is not None:
         loss = loss + output.aux_loss
     return loss

@@ -36,6 +36,7 @@ def crossvit_run(request, tmp_path_factory):
             model, _ = train_crossvit(name, train, None, config, progress=False, **options)
             results[name] = {"accuracy": evaluate(model, test, torch.device("cpu"))["accuracy"],
                              "flops": count_flops(model.cpu(), test["image"][:1])}
+    print(f"seed {seed}:", {name: round(r["accuracy"], 3) for name, r in results.items()})  # pytest -s
     return results
 
 

@@ -1,5 +1,17 @@
 """Synthetic datasets, generated deterministically and cached under data/ (see data/README.md)."""
 
+from .audiovisual import (
+    AUDIOVISUAL_SPLIT_SIZES,
+    MISSING,
+    MOTIONS,
+    SOUNDS,
+    AudioVisualConfig,
+    generate_audiovisual_clips,
+    load_audiovisual_clips,
+    log_mel_spectrogram,
+    mel_filterbank,
+    validate_audiovisual,
+)
 from .cache import cache_dir, cached
 from .multiscale import (
     LAYOUTS,
@@ -24,23 +36,33 @@ from .rgbd import (
 )
 
 __all__ = [
+    "AUDIOVISUAL_SPLIT_SIZES",
     "CLASSES",
     "LAYOUTS",
+    "MISSING",
+    "MOTIONS",
     "MULTISCALE_SPLIT_SIZES",
+    "SOUNDS",
     "SPLIT_SIZES",
     "TEXTURES",
     "VISIBILITY",
+    "AudioVisualConfig",
     "MultiScaleConfig",
     "RGBDConfig",
     "cache_dir",
     "cached",
     "corrupted_patches",
+    "generate_audiovisual_clips",
     "generate_multiscale_images",
     "generate_rgbd_scenes",
+    "load_audiovisual_clips",
     "load_multiscale_images",
     "load_rgbd_scenes",
+    "log_mel_spectrogram",
+    "mel_filterbank",
     "object_visibility",
     "surface_normals",
+    "validate_audiovisual",
     "validate_multiscale",
     "validate_rgbd",
 ]

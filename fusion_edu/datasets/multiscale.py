@@ -16,13 +16,13 @@ frame keeps the image's edges, where resampling clamps, from leaking it.  The la
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import cached
+from .cache import cached_split
 
 __all__ = [
     "LAYOUTS",
@@ -38,7 +38,6 @@ GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become sta
 LAYOUTS = ("left", "right", "top", "bottom")  # where the region lies
 TEXTURES = ("horizontal", "vertical", "checker")  # the fine pattern, period two pixels
 MULTISCALE_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000}
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -107,13 +106,8 @@ def generate_multiscale_images(num_images: int, seed: int | Sequence[int],
 def load_multiscale_images(split: str, seed: int = 0, num_images: int | None = None,
                            config: MultiScaleConfig = MultiScaleConfig()) -> dict[str, Tensor]:
     """The ``split`` ("train", "val" or "test") of the multi-scale images, from the cache under data/."""
-    if split not in MULTISCALE_SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(MULTISCALE_SPLIT_SIZES)}")
-    count = MULTISCALE_SPLIT_SIZES[split] if num_images is None else num_images
-    description = {"generator": "multiscale", "version": GENERATOR_VERSION, "split": split,
-                   "seed": seed, "num_images": count, "config": asdict(config)}
-    images = cached(f"multiscale-{split}-seed{seed}-n{count}", description,
-                    lambda: generate_multiscale_images(count, [seed, _SPLIT_STREAM[split]], config))
+    images = cached_split("multiscale", GENERATOR_VERSION, split, MULTISCALE_SPLIT_SIZES, seed,
+                          num_images, config, generate_multiscale_images, "num_images")
     validate_multiscale(images)
     return images
 

@@ -18,14 +18,14 @@ The layout of the returned dict is documented in ``data/README.md``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from einops import reduce
 from torch import Tensor
 
-from .cache import cached
+from .cache import cached_split
 
 __all__ = [
     "CLASSES",
@@ -44,7 +44,6 @@ GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become sta
 CLASSES = ("background", "square", "disc", "triangle", "cross")
 VISIBILITY = ("background", "both", "rgb_only", "depth_only")
 SPLIT_SIZES = {"train": 4000, "val": 500, "test": 1000}
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # each split draws from its own random stream
 _PLACEMENT_TRIES = 50
 _CROSS_ARM = 1 / 3  # half-width of a cross arm, as a share of the half-size
 
@@ -221,14 +220,8 @@ def load_rgbd_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
     ``num_scenes`` defaults to ``SPLIT_SIZES[split]``; each split has its own random stream, so
     splits never share a scene and a smaller set is not a prefix of a larger one's other split.
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_SIZES)}")
-    count = SPLIT_SIZES[split] if num_scenes is None else num_scenes
-    stream_seed = [seed, _SPLIT_STREAM[split]]
-    description = {"generator": "rgbd", "version": GENERATOR_VERSION, "split": split,
-                   "seed": seed, "num_scenes": count, "config": asdict(config)}
-    name = f"rgbd-{split}-seed{seed}-n{count}"
-    scenes = cached(name, description, lambda: generate_rgbd_scenes(count, stream_seed, config))
+    scenes = cached_split("rgbd", GENERATOR_VERSION, split, SPLIT_SIZES, seed, num_scenes, config,
+                          generate_rgbd_scenes, "num_scenes")
     validate_rgbd(scenes)
     return scenes
 

@@ -1,0 +1,129 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusion_edu.blocks import Block
+from fusion_edu.mbt import FUSIONS, MBT, TubeletEmbed, bottleneck_fusion_layer
+from fusion_edu.train import seeded, training_loss
+
+SMALL = dict(num_frames=4, frame_size=16, tubelet=(2, 8), spectrogram_size=16, spectrogram_patch=8,
+             num_classes=5, embed_dim=16, depth=3, num_heads=2)
+
+
+def _clips(n=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {"frames": torch.randn(n, 4, 1, 16, 16, generator=generator),
+            "spectrogram": torch.randn(n, 1, 16, 16, generator=generator),
+            "label": torch.arange(n) % 5}
+
+
+def _model(**options):
+    with seeded(0):
+        return MBT(**{**SMALL, "fusion_layer": 1, **options}).eval()
+
+
+def test_bottleneck_update_is_parallel_and_averaged():
+    with seeded(0):
+        layers = {"frames": Block(16, 2), "spectrogram": Block(16, 2)}
+    tokens = {"frames": torch.randn(2, 5, 16), "spectrogram": torch.randn(2, 3, 16)}
+    bottleneck = torch.randn(2, 4, 16)
+    new_tokens, new_bottleneck, _ = bottleneck_fusion_layer(layers, tokens, bottleneck)
+    frames_out, _ = layers["frames"](torch.cat([tokens["frames"], bottleneck], dim=1))
+    audio_out, _ = layers["spectrogram"](torch.cat([tokens["spectrogram"], bottleneck], dim=1))
+    torch.testing.assert_close(new_tokens["frames"], frames_out[:, :5])
+    torch.testing.assert_close(new_tokens["spectrogram"], audio_out[:, :3])
+    # both modalities read the same z_fsn^l (parallel), and z_fsn^{l+1} is their mean
+    torch.testing.assert_close(new_bottleneck, (frames_out[:, 5:] + audio_out[:, 3:]) / 2)
+
+
+def _frames_logits_depend_on_audio(model):
+    clips, other = _clips(), _clips()
+    other["spectrogram"] = torch.randn_like(other["spectrogram"])
+    with torch.no_grad():
+        first, second = model(clips).modality_logits["frames"], model(other).modality_logits["frames"]
+    return not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_which_modes_let_audio_reach_the_frames_stream(fusion):
+    options = {"share_encoder": True} if fusion == "vanilla" else {}
+    assert _frames_logits_depend_on_audio(_model(fusion=fusion, **options)) == (fusion != "late")
+    # L_f = depth: every layer unimodal, whatever the mode
+    assert not _frames_logits_depend_on_audio(_model(fusion=fusion, fusion_layer=3, **options))
+    # one fusion layer: the bottleneck tokens are written to but never read again
+    last_layer_only = _model(fusion=fusion, fusion_layer=2, **options)
+    assert _frames_logits_depend_on_audio(last_layer_only) == (fusion in ("vanilla", "cross"))
+
+
+def test_evaluation_without_bottlenecks_is_unimodal():
+    model = _model(fusion="bottleneck", test_with_bottlenecks=False)
+    assert not _frames_logits_depend_on_audio(model)
+    assert _frames_logits_depend_on_audio(model.train())  # training always uses them
+
+
+def test_vanilla_equals_cross_attention_with_shared_weights():
+    """Attention is permutation-equivariant: one shared layer over [frames; audio] gives each
+    modality what a shared layer over [the other; its own] gives it."""
+    vanilla, cross = _model(fusion="vanilla", share_encoder=True), _model(fusion="cross", share_encoder=True)
+    cross.load_state_dict(vanilla.state_dict())
+    clips = _clips()
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla(clips).logits, cross(clips).logits)
+    separate = _model(fusion="cross")
+    assert separate.layers["frames"] is not separate.layers["spectrogram"]
+
+
+def test_attention_shapes_follow_the_mode():
+    clips = _clips()
+    frames_tokens, audio_tokens, bottlenecks = 1 + 8, 1 + 4, 2
+    shapes = {
+        "bottleneck": (frames_tokens + bottlenecks, audio_tokens + bottlenecks),
+        "cross": (frames_tokens + audio_tokens,) * 2,
+    }
+    for fusion, (frames_len, audio_len) in shapes.items():
+        model = _model(fusion=fusion, fusion_layer=1, num_bottlenecks=bottlenecks)
+        output = model(clips, return_attention=True)
+        assert output.attention[0]["frames"].shape[-1] == frames_tokens  # before L_f: unimodal
+        assert output.attention[1]["frames"].shape[-1] == frames_len
+        assert output.attention[1]["spectrogram"].shape[-1] == audio_len
+    vanilla = _model(fusion="vanilla", share_encoder=True, fusion_layer=1)(clips, return_attention=True)
+    assert vanilla.attention[2]["joint"].shape[-1] == frames_tokens + audio_tokens
+
+
+def test_token_classifier_trains_on_the_mean_of_the_modalities_losses():
+    model, clips = _model().train(), _clips()
+    output = model(clips)
+    losses = [F.cross_entropy(logits, clips["label"]) for logits in output.modality_logits.values()]
+    expected = sum(losses) / 2
+    torch.testing.assert_close(training_loss(output, clips), expected)
+    torch.testing.assert_close(output.logits, (output.modality_logits["frames"]
+                                               + output.modality_logits["spectrogram"]) / 2)
+    gap = _model(classifier="gap")(clips)
+    assert gap.modality_logits is None and gap.logits.shape == (3, 5)
+
+
+def test_bad_configurations_and_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"L_f must lie in \[0, depth\] = \[0, 3\], got 4"):
+        MBT(**SMALL, fusion_layer=4)
+    with pytest.raises(ValueError, match="B >= 1 bottleneck tokens, got 0"):
+        MBT(**SMALL, num_bottlenecks=0)
+    with pytest.raises(ValueError, match="needs share_encoder=True"):
+        MBT(**SMALL, fusion="vanilla")
+    with pytest.raises(ValueError, match="tubelets of 3 frames x 8x8 pixels must tile"):
+        MBT(**{**SMALL, "tubelet": (3, 8)})
+    with pytest.raises(ValueError, match="patch size must divide the image size"):
+        MBT(**{**SMALL, "spectrogram_patch": 5})
+    with pytest.raises(ValueError, match=r"expected frames of shape \(batch, 4, 1, 16, 16\)"):
+        _model()({**_clips(), "frames": torch.randn(3, 4, 16, 16)})
+    with pytest.raises(KeyError, match=r"missing \['spectrogram'\]"):
+        _model()({"frames": _clips()["frames"]})
+
+
+def test_tubelet_embedding_is_a_linear_map_of_each_tubelet():
+    embed = TubeletEmbed(4, 16, (2, 8), 1, 6)
+    frames = torch.randn(1, 4, 1, 16, 16)
+    tokens = embed(frames)
+    assert tokens.shape == (1, 2 * 2 * 2, 6)
+    tubelet = frames[0, 2:4, 0, 8:16, 0:8]  # second frame pair, bottom-left block: token 1*4 + 2*1 + 0
+    by_hand = (embed.proj.weight[:, 0] * tubelet).sum(dim=(1, 2, 3)) + embed.proj.bias
+    torch.testing.assert_close(tokens[0, 4 + 2], by_hand)
