@@ -127,7 +127,7 @@ class MBT(nn.Module):
 
     def __init__(self, num_frames: int = 4, frame_size: int = 32, frame_chans: int = 1,
                  tubelet: tuple[int, int] = (2, 8), spectrogram_size: int = 32, spectrogram_patch: int = 8,
-                 num_classes: int = 12, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
+                 num_classes: int = 4, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
                  mlp_ratio: float = 2.0, fusion: Fusion = "bottleneck", fusion_layer: int = 2,
                  num_bottlenecks: int = 4, share_encoder: bool = False,
                  classifier: Literal["token", "gap"] = "token", test_with_bottlenecks: bool = True) -> None:

@@ -1,11 +1,14 @@
-"""Audio-visual clips for MBT (notebook 06): what moves, and what it sounds like.
+"""Audio-visual clips for MBT (notebook 06): which way does the object we hear move?
 
-Each clip has **frames** — ``num_frames`` grey 32x32 images of a bright blob moving steadily in one
-of four directions (``MOTIONS``), beside a dimmer distractor blob that jitters at random — and
-**audio** — half a second at 8 kHz of one of three sounds (``SOUNDS``: a low tone, a high tone, a
-rising chirp), over background noise and a distractor tone burst at a random pitch.  The label
-``motion * len(SOUNDS) + sound`` (12 classes) needs both: the frames say only the motion, the audio
-only the sound.
+Each clip has **frames** — ``num_frames`` grey 32x32 images of two objects (``OBJECTS``: a bright
+and a dim blob) moving steadily in two different directions (``MOTIONS``; the one we do not hear
+is the distractor motion; ``distractor_brightness`` adds a third, jittering blob) — and **audio**
+— half a second at 8 kHz of the voice of one of the two objects (``SOUNDS``: the bright blob's
+low tone or the dim blob's high tone), over background noise and a distractor tone burst pitched
+between the two voices.  The label is the direction of the object we hear (4 classes).  It needs
+both modalities *bound together*: the frames show two directions but not which object sounds (at
+best 1/2), the audio which object sounds but not where it goes (1/4) — and averaging a frames-only
+and an audio-only prediction (late fusion) cannot do better than the frames alone.
 
 The audio goes through the real front end of audio transformers (AST, MBT): a short-time Fourier
 transform (``torch.stft``, Hann window), the power spectrum, a triangular **mel filterbank**, and
@@ -13,7 +16,7 @@ the log — a ``(1, n_mels, time)`` log-mel spectrogram, normalised by fixed con
 
 Some clips lose a modality (``MISSING``): **dark** ones (the frames hold only noise) and **silent**
 ones (the audio holds only background noise), ``missing_share`` of each in every split.  Their label
-still names the lost half: a model can only guess it, which is what the notebook measures.
+is kept: a model can only guess the lost half, which is what the notebook measures.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "AUDIOVISUAL_SPLIT_SIZES",
     "MISSING",
     "MOTIONS",
+    "OBJECTS",
     "SOUNDS",
     "AudioVisualConfig",
     "generate_audiovisual_clips",
@@ -40,9 +44,13 @@ __all__ = [
     "validate_audiovisual",
 ]
 
-GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
+GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become stale
 MOTIONS = ("left", "right", "up", "down")  # the bright blob's steady direction
-SOUNDS = ("low tone", "high tone", "rising chirp")
+OBJECTS = ("bright blob", "dim blob")  # the two moving objects
+OBJECT_BRIGHTNESS = (1.0, 0.45)
+SOUNDS = ("low tone", "high tone")  # SOUNDS[k] is OBJECTS[k]'s voice
+_VOICE_HZ = ((250.0, 450.0), (1500.0, 2500.0))
+_DISTRACTOR_HZ = (700.0, 1100.0)  # between the two voices
 MISSING = ("none", "dark", "silent")  # which modality a clip has lost
 AUDIOVISUAL_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000}
 _DIRECTIONS = np.array([(0, -1), (0, 1), (-1, 0), (1, 0)], dtype=float)  # (row, col) per MOTIONS
@@ -58,7 +66,7 @@ class AudioVisualConfig:
     frame_size: int = 32
     blob_sigma: float = 2.5  # pixels
     step: float = 3.0  # pixels the blob moves per frame
-    distractor_brightness: float = 0.6  # the main blob peaks at 1
+    distractor_brightness: float = 0.0  # a third, jittering blob; off by default (see the docstring)
     frame_noise: float = 0.15
     sample_rate: int = 8000
     n_fft: int = 256
@@ -113,59 +121,65 @@ def log_mel_spectrogram(waveform: Tensor, config: AudioVisualConfig = AudioVisua
     return ((torch.log(mel + _POWER_FLOOR) - LOG_MEL_MEAN) / LOG_MEL_STD).unsqueeze(1)
 
 
-def _frames(rng: np.random.Generator, motion: int, cfg: AudioVisualConfig) -> np.ndarray:
+def _blob(centre: np.ndarray, brightness: float, rows: np.ndarray, cols: np.ndarray,
+          cfg: AudioVisualConfig) -> np.ndarray:
+    """A round Gaussian blob peaking at ``brightness``, ``(H, W)``."""
+    squared_distance = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2
+    return brightness * np.exp(-squared_distance / (2 * cfg.blob_sigma ** 2))
+
+
+def _frames(rng: np.random.Generator, motions: Sequence[int], cfg: AudioVisualConfig) -> np.ndarray:
+    """Both objects moving steadily (object k in ``MOTIONS[motions[k]]``) and a dim jittering distractor."""
     size, margin = cfg.frame_size, 3 * cfg.blob_sigma
     rows, cols = np.mgrid[0:size, 0:size]
-    path = cfg.step * (cfg.num_frames - 1) * _DIRECTIONS[motion]
-    low, high = margin - np.minimum(path, 0), size - 1 - margin - np.maximum(path, 0)
-    start = rng.uniform(low, high)
+    starts = []
+    for motion in motions:
+        path = cfg.step * (cfg.num_frames - 1) * _DIRECTIONS[motion]
+        starts.append(rng.uniform(margin - np.minimum(path, 0), size - 1 - margin - np.maximum(path, 0)))
     distractor = rng.uniform(margin, size - 1 - margin, size=2)
     frames = np.empty((cfg.num_frames, 1, size, size))
     for t in range(cfg.num_frames):
-        centre = start + t * cfg.step * _DIRECTIONS[motion]
         distractor = np.clip(distractor + rng.normal(0, cfg.step, size=2), margin, size - 1 - margin)
-        blobs = [(centre, 1.0), (distractor, cfg.distractor_brightness)]
-        frames[t, 0] = sum(b * np.exp(-((rows - c[0]) ** 2 + (cols - c[1]) ** 2) / (2 * cfg.blob_sigma ** 2))
-                           for c, b in blobs)
+        frame = _blob(distractor, cfg.distractor_brightness, rows, cols, cfg)
+        for brightness, start, motion in zip(OBJECT_BRIGHTNESS, starts, motions, strict=True):
+            centre = start + t * cfg.step * _DIRECTIONS[motion]
+            frame = np.maximum(frame, _blob(centre, brightness, rows, cols, cfg))
+        frames[t, 0] = frame
     return frames
 
 
-def _waveform(rng: np.random.Generator, sound: int, cfg: AudioVisualConfig) -> np.ndarray:
+def _waveform(rng: np.random.Generator, source: int, cfg: AudioVisualConfig) -> np.ndarray:
+    """The sounding object's voice (``SOUNDS[source]``) and a distractor burst between the two."""
     time = np.arange(cfg.num_samples) / cfg.sample_rate
     duration = time[-1]
-    if sound == 0:
-        frequency = np.full_like(time, rng.uniform(250, 450))
-    elif sound == 1:
-        frequency = np.full_like(time, rng.uniform(1500, 2500))
-    else:
-        start = rng.uniform(300, 600)
-        frequency = start + (rng.uniform(1800, 2600) - start) * time / duration
-    phase = 2 * np.pi * np.cumsum(frequency) / cfg.sample_rate  # integrate the frequency
+    frequency = rng.uniform(*_VOICE_HZ[source])
     envelope = np.minimum(1.0, np.minimum(time, duration - time) / 0.02)  # 20 ms fade in and out
     burst_start = rng.uniform(0, duration * 0.7)
     burst = (time >= burst_start) & (time < burst_start + duration * 0.3)
-    distractor = cfg.distractor_amplitude * burst * np.sin(2 * np.pi * rng.uniform(200, 3000) * time)
-    return envelope * np.sin(phase) + distractor
+    distractor = cfg.distractor_amplitude * burst * np.sin(2 * np.pi * rng.uniform(*_DISTRACTOR_HZ) * time)
+    return envelope * np.sin(2 * np.pi * frequency * time) + distractor
 
 
 def _clip(rng: np.random.Generator, cfg: AudioVisualConfig) -> dict[str, np.ndarray]:
-    motion, sound = int(rng.integers(len(MOTIONS))), int(rng.integers(len(SOUNDS)))
+    motions = rng.permutation(len(MOTIONS))[:len(OBJECTS)]  # the objects move in different directions
+    source = int(rng.integers(len(OBJECTS)))  # the object whose sound we hear
     draw = rng.uniform()
     missing = 1 if draw < cfg.missing_share else 2 if draw < 2 * cfg.missing_share else 0
-    frames = _frames(rng, motion, cfg) * (missing != 1)
+    frames = _frames(rng, motions, cfg) * (missing != 1)
     frames = frames + rng.normal(0, cfg.frame_noise, frames.shape)
-    waveform = _waveform(rng, sound, cfg) * (missing != 2) + rng.normal(0, cfg.audio_noise, cfg.num_samples)
+    waveform = _waveform(rng, source, cfg) * (missing != 2) + rng.normal(0, cfg.audio_noise, cfg.num_samples)
     return {"frames": frames.astype(np.float32), "waveform": waveform.astype(np.float32),
-            "label": np.int64(motion * len(SOUNDS) + sound), "motion": np.int64(motion),
-            "sound": np.int64(sound), "missing": np.int64(missing)}
+            "label": np.int64(motions[source]), "source": np.int64(source),
+            "other_motion": np.int64(motions[1 - source]), "missing": np.int64(missing)}
 
 
 def generate_audiovisual_clips(num_clips: int, seed: int | Sequence[int],
                                config: AudioVisualConfig = AudioVisualConfig(),
                                keep_waveform: bool = False) -> dict[str, Tensor]:
     """``num_clips`` clips from ``seed`` (no cache): ``frames (n T 1 H W)`` and ``spectrogram
-    (n 1 n_mels time)`` float32, ``label``, ``motion``, ``sound`` and ``missing`` ``(n,)`` int64, and
-    with ``keep_waveform`` the ``waveform (n samples)``."""
+    (n 1 n_mels time)`` float32; ``label`` (the heard object's direction), ``source`` (which object
+    is heard), ``other_motion`` (the other object's direction) and ``missing`` ``(n,)`` int64; with
+    ``keep_waveform`` the ``waveform (n samples)``."""
     rng = np.random.default_rng(seed)
     clips = [_clip(rng, config) for _ in range(num_clips)]
     data = {key: torch.from_numpy(np.stack([clip[key] for clip in clips])) for key in clips[0]}
@@ -199,7 +213,7 @@ def validate_audiovisual(clips: Mapping[str, Tensor]) -> None:
     if not (len(frames) == len(spectrogram) == len(label)) or label.ndim != 1:
         raise ValueError(f"expected as many clips in frames, spectrogram and label, got "
                          f"{len(frames)}, {len(spectrogram)} and label of shape {tuple(label.shape)}")
-    num_classes = len(MOTIONS) * len(SOUNDS)
+    num_classes = len(MOTIONS)
     if len(label) and not (0 <= int(label.min()) and int(label.max()) < num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got "
                          f"[{int(label.min())}, {int(label.max())}]")
