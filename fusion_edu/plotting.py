@@ -57,11 +57,12 @@ def _rgb(image: Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
-def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str = "white") -> None:
+def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str = "white",
+                    linewidth: float = 0.5) -> None:
     """Overlay the P x P patch grid that PatchEmbed cuts the image into."""
     for edge in np.arange(patch_size, image_size, patch_size) - 0.5:
-        ax.axhline(edge, color=colour, linewidth=0.5, alpha=0.6)
-        ax.axvline(edge, color=colour, linewidth=0.5, alpha=0.6)
+        ax.axhline(edge, color=colour, linewidth=linewidth, alpha=0.6)
+        ax.axvline(edge, color=colour, linewidth=linewidth, alpha=0.6)
 
 
 def outline_patches(ax: plt.Axes, token_mask: Tensor, patch_size: int, colour: str = "red") -> None:

@@ -7,6 +7,7 @@ from fusion_edu.crossvit import CrossViT
 from fusion_edu.datasets import CLASSES, VISIBILITY
 from fusion_edu.plotting import (
     attention_heatmap,
+    draw_patch_grid,
     plot_attention_map,
     plot_cls_cross_attention,
     plot_history,
@@ -157,3 +158,12 @@ def test_cross_attention_explorer_reads_the_fusion_weights():
     with pytest.raises(ValueError, match="shows cross-attention fusion, got a 'class_token'"):
         cross_attention_explorer(other, data)
     plt.close("all")
+
+
+def test_draw_patch_grid_draws_the_inner_edges():
+    fig, ax = plt.subplots()
+    draw_patch_grid(ax, 32, 8, colour="yellow", linewidth=1.5)
+    edges = sorted({line.get_ydata()[0] for line in ax.lines if line.get_ydata()[0] == line.get_ydata()[1]})
+    assert edges == [7.5, 15.5, 23.5] and len(ax.lines) == 6  # 3 horizontal + 3 vertical
+    assert all(line.get_linewidth() == 1.5 for line in ax.lines)
+    plt.close(fig)
