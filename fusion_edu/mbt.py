@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput, PatchEmbed, init_vit_weights
 from .vit import POS_STD
 
-__all__ = ["FUSIONS", "MBT", "MBTOutput", "TubeletEmbed", "bottleneck_fusion_layer"]
+__all__ = ["FUSIONS", "MBT", "MBTOutput", "TubeletEmbed", "bottleneck_fusion_layer", "fusion_attention_mask",
+           "fusion_layer_step"]
 
 FUSIONS = ("late", "vanilla", "cross", "bottleneck")
 Fusion = Literal["late", "vanilla", "cross", "bottleneck"]
@@ -86,6 +87,23 @@ def bottleneck_fusion_layer(layers: Mapping[str, Block], tokens: Mapping[str, Te
     return new_tokens, torch.stack(updated).mean(0), attention
 
 
+def fusion_layer_step(fusion: Fusion, layers: Mapping[str, Block], tokens: Mapping[str, Tensor],
+                      bottleneck_tokens: Tensor | None = None, return_attention: bool = False
+                      ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, Tensor | None]]:
+    """One layer of ``fusion`` (``"late"``: each modality alone; ``"vanilla"``: the first
+    modality's layer, shared, over all tokens): the new tokens, the bottleneck tokens (updated by
+    bottleneck fusion, passed through otherwise) and the attention weights."""
+    if fusion == "bottleneck":
+        return bottleneck_fusion_layer(layers, tokens, bottleneck_tokens, return_attention)
+    if fusion == "vanilla":
+        new_tokens, weights = _vanilla(next(iter(layers.values())), tokens, return_attention)
+    elif fusion == "cross":
+        new_tokens, weights = _cross(layers, tokens, return_attention)
+    else:
+        new_tokens, weights = _unimodal(layers, tokens, return_attention)
+    return new_tokens, bottleneck_tokens, weights
+
+
 def _unimodal(layers: Mapping[str, Block], tokens: Mapping[str, Tensor], return_attention: bool
               ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
     """Each modality through its own layer, alone."""
@@ -111,6 +129,28 @@ def _cross(layers: Mapping[str, Block], tokens: Mapping[str, Tensor], return_att
                                                   return_attention=return_attention)
         new_tokens[modality] = out[:, -x.shape[1]:]
     return new_tokens, weights
+
+
+def fusion_attention_mask(fusion: Fusion, num_tokens: Mapping[str, int], num_bottlenecks: int = 0
+                          ) -> Tensor:
+    """Which token can read which in one fusion layer, ``(n, n)`` bool over the sequence
+    [each modality's tokens in order; the bottleneck tokens]: row i, column j is True when token
+    i's update depends on token j.  Late fusion is block-diagonal; vanilla and cross fusion let
+    every modality token read every other; with bottlenecks a modality token reads its own
+    modality and the bottlenecks, and the bottlenecks (updated in every modality's layer and
+    averaged) read everything."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    bottlenecks = num_bottlenecks if fusion == "bottleneck" else 0
+    sizes = [*num_tokens.values(), bottlenecks]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # n: block index
+    same_block = owner[:, None] == owner[None, :]
+    if fusion in ("vanilla", "cross"):
+        return torch.ones_like(same_block)
+    if fusion == "late":
+        return same_block
+    is_bottleneck = owner == len(num_tokens)
+    return same_block | is_bottleneck[None, :] | is_bottleneck[:, None]
 
 
 @dataclass
@@ -196,15 +236,9 @@ class MBT(nn.Module):
         attention = []
         for index in range(len(self.layers["frames"])):
             layers = {m: self.layers[m][index] for m in MODALITIES}
-            if not self.fuses_at(index):
-                tokens, weights = _unimodal(layers, tokens, return_attention)
-            elif self.fusion == "bottleneck":
-                tokens, bottleneck, weights = bottleneck_fusion_layer(layers, tokens, bottleneck,
-                                                                      return_attention)
-            elif self.fusion == "vanilla":
-                tokens, weights = _vanilla(layers["frames"], tokens, return_attention)
-            else:
-                tokens, weights = _cross(layers, tokens, return_attention)
+            fusion = self.fusion if self.fuses_at(index) else "late"
+            tokens, bottleneck, weights = fusion_layer_step(fusion, layers, tokens, bottleneck,
+                                                            return_attention)
             attention.append(weights)
         tokens = {m: self.norm(x) for m, x in tokens.items()}
         return self._classify(tokens, attention if return_attention else None, bottleneck)

@@ -3,7 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from fusion_edu.blocks import Block
-from fusion_edu.mbt import FUSIONS, MBT, TubeletEmbed, bottleneck_fusion_layer
+from fusion_edu.mbt import (
+    FUSIONS,
+    MBT,
+    TubeletEmbed,
+    bottleneck_fusion_layer,
+    fusion_attention_mask,
+    fusion_layer_step,
+)
 from fusion_edu.train import seeded, training_loss
 
 SMALL = dict(num_frames=4, frame_size=16, tubelet=(2, 8), spectrogram_size=16, spectrogram_patch=8,
@@ -127,3 +134,24 @@ def test_tubelet_embedding_is_a_linear_map_of_each_tubelet():
     tubelet = frames[0, 2:4, 0, 8:16, 0:8]  # second frame pair, bottom-left block: token 1*4 + 2*1 + 0
     by_hand = (embed.proj.weight[:, 0] * tubelet).sum(dim=(1, 2, 3)) + embed.proj.bias
     torch.testing.assert_close(tokens[0, 4 + 2], by_hand)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_attention_mask_is_what_one_fusion_layer_depends_on(fusion):
+    """Row i of the mask is True exactly where token i's output has a gradient from token j."""
+    counts, bottlenecks = {"frames": 3, "spectrogram": 2}, 2
+    with seeded(0):
+        shared = Block(8, 2)
+        layers = {"frames": shared, "spectrogram": shared if fusion == "vanilla" else Block(8, 2)}
+    tokens = {m: torch.randn(1, n, 8, requires_grad=True) for m, n in counts.items()}
+    bottleneck = torch.randn(1, bottlenecks, 8, requires_grad=True)
+    new_tokens, new_bottleneck, _ = fusion_layer_step(fusion, layers, tokens, bottleneck)
+    outputs = torch.cat([*new_tokens.values(), new_bottleneck], dim=1)[0]  # n d
+    inputs = [*tokens.values(), bottleneck]
+    mask = fusion_attention_mask(fusion, counts, bottlenecks)
+    keep = slice(None) if fusion == "bottleneck" else slice(0, sum(counts.values()))
+    depends = torch.stack([
+        torch.cat([g[0].abs().sum(-1) for g in torch.autograd.grad(row.sum(), inputs, retain_graph=True,
+                                                                    allow_unused=True, materialize_grads=True)])
+        for row in outputs[keep]]) > 0
+    assert torch.equal(depends[:, keep], mask)
