@@ -150,8 +150,9 @@ def test_attention_mask_is_what_one_fusion_layer_depends_on(fusion):
     inputs = [*tokens.values(), bottleneck]
     mask = fusion_attention_mask(fusion, counts, bottlenecks)
     keep = slice(None) if fusion == "bottleneck" else slice(0, sum(counts.values()))
-    depends = torch.stack([
-        torch.cat([g[0].abs().sum(-1) for g in torch.autograd.grad(row.sum(), inputs, retain_graph=True,
-                                                                    allow_unused=True, materialize_grads=True)])
-        for row in outputs[keep]]) > 0
+    def reads(row):  # (n,): which input tokens this output token has a gradient from
+        grads = torch.autograd.grad(row.sum(), inputs, retain_graph=True, materialize_grads=True)
+        return torch.cat([g[0].abs().sum(-1) for g in grads]) > 0
+
+    depends = torch.stack([reads(row) for row in outputs[keep]])
     assert torch.equal(depends[:, keep], mask)
