@@ -24,7 +24,7 @@ adds one bottleneck token when classifying from CLS tokens; we keep exactly B.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,10 +33,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput, PatchEmbed, init_vit_weights
+from .flops import count_flops
 from .vit import POS_STD
 
 __all__ = ["FUSIONS", "MBT", "MBTOutput", "TubeletEmbed", "bottleneck_fusion_layer", "fusion_attention_mask",
-           "fusion_layer_step"]
+           "fusion_layer_flops", "fusion_layer_step"]
 
 FUSIONS = ("late", "vanilla", "cross", "bottleneck")
 Fusion = Literal["late", "vanilla", "cross", "bottleneck"]
@@ -151,6 +152,33 @@ def fusion_attention_mask(fusion: Fusion, num_tokens: Mapping[str, int], num_bot
         return same_block
     is_bottleneck = owner == len(num_tokens)
     return same_block | is_bottleneck[None, :] | is_bottleneck[:, None]
+
+
+class _FusionLayer(nn.Module):
+    """One layer of ``fusion`` over given token counts, as a module whose FLOPs can be counted."""
+
+    def __init__(self, fusion: Fusion, modalities: Sequence[str], num_bottlenecks: int, embed_dim: int,
+                 num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.layers = nn.ModuleDict({m: Block(embed_dim, num_heads, mlp_ratio) for m in modalities})
+        self.bottleneck_tokens = torch.zeros(1, num_bottlenecks, embed_dim)
+
+    def forward(self, tokens: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return fusion_layer_step(self.fusion, self.layers, tokens, self.bottleneck_tokens)[0]
+
+
+def fusion_layer_flops(fusion: Fusion, num_tokens: Mapping[str, int], num_bottlenecks: int = 4,
+                       embed_dim: int = 64, num_heads: int = 4, mlp_ratio: float = 2.0) -> int:
+    """Forward FLOPs of one layer of ``fusion`` for one clip whose modalities hold ``num_tokens``
+    tokens (CLS included), measured.  With n tokens a layer costs about 2 n d^2 (4 + 2 r) for its
+    linear maps and 4 n^2 d for attention: vanilla fusion pays the attention on n_1 + n_2 tokens,
+    bottleneck fusion on n_1 + B and n_2 + B, but runs the B bottleneck tokens through both
+    modalities' linear maps, so it is cheaper only when the cross term n_1 n_2 outweighs that."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    layer = _FusionLayer(fusion, list(num_tokens), num_bottlenecks, embed_dim, num_heads, mlp_ratio)
+    return count_flops(layer, {m: torch.zeros(1, n, embed_dim) for m, n in num_tokens.items()})
 
 
 @dataclass

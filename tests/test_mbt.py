@@ -9,6 +9,7 @@ from fusion_edu.mbt import (
     TubeletEmbed,
     bottleneck_fusion_layer,
     fusion_attention_mask,
+    fusion_layer_flops,
     fusion_layer_step,
 )
 from fusion_edu.train import seeded, training_loss
@@ -156,3 +157,27 @@ def test_attention_mask_is_what_one_fusion_layer_depends_on(fusion):
 
     depends = torch.stack([reads(row) for row in outputs[keep]])
     assert torch.equal(depends[:, keep], mask)
+
+
+def _layer_flops(n: int, d: int = 64, mlp_ratio: float = 2.0) -> float:
+    """One transformer layer over n tokens: linear maps 2 n d^2 (4 + 2r), attention 4 n^2 d."""
+    return 2 * n * d ** 2 * (4 + 2 * mlp_ratio) + 4 * n ** 2 * d
+
+
+@pytest.mark.parametrize("frames, spectrogram", [(33, 17), (1569, 401)])
+def test_fusion_layer_flops_match_the_closed_form_of_each_mode(frames: int, spectrogram: int) -> None:
+    tokens, b = {"frames": frames, "spectrogram": spectrogram}, 4
+    expected = {"late": _layer_flops(frames) + _layer_flops(spectrogram),
+                "vanilla": _layer_flops(frames + spectrogram),
+                "cross": 2 * _layer_flops(frames + spectrogram),
+                "bottleneck": _layer_flops(frames + b) + _layer_flops(spectrogram + b)}
+    measured = {fusion: fusion_layer_flops(fusion, tokens, num_bottlenecks=b) for fusion in FUSIONS}
+    assert measured == expected
+
+
+def test_bottlenecks_save_flops_only_when_the_modalities_hold_many_tokens() -> None:
+    small, large = {"frames": 33, "spectrogram": 17}, {"frames": 1569, "spectrogram": 401}
+    assert fusion_layer_flops("bottleneck", small) > fusion_layer_flops("vanilla", small)
+    assert fusion_layer_flops("bottleneck", large) < 0.75 * fusion_layer_flops("vanilla", large)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        fusion_layer_flops("early", small)
