@@ -24,6 +24,7 @@ adds one bottleneck token when classifying from CLS tokens; we keep exactly B.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -36,8 +37,17 @@ from .blocks import LAYER_NORM_EPS, Block, ModelOutput, PatchEmbed, init_vit_wei
 from .flops import count_flops
 from .vit import POS_STD
 
-__all__ = ["FUSIONS", "MBT", "MBTOutput", "TubeletEmbed", "bottleneck_fusion_layer", "fusion_attention_mask",
-           "fusion_layer_flops", "fusion_layer_step"]
+__all__ = [
+    "FUSIONS",
+    "MBT",
+    "MBTOutput",
+    "TubeletEmbed",
+    "bottleneck_attention_maps",
+    "bottleneck_fusion_layer",
+    "fusion_attention_mask",
+    "fusion_layer_flops",
+    "fusion_layer_step",
+]
 
 FUSIONS = ("late", "vanilla", "cross", "bottleneck")
 Fusion = Literal["late", "vanilla", "cross", "bottleneck"]
@@ -57,7 +67,8 @@ class TubeletEmbed(nn.Module):
             raise ValueError(f"tubelets of {frames_per_token} frames x {patch}x{patch} pixels must tile "
                              f"the clip: got {num_frames} frames of {frame_size}x{frame_size}")
         self.expected = (num_frames, in_chans, frame_size, frame_size)
-        self.num_patches = (num_frames // frames_per_token) * (frame_size // patch) ** 2
+        self.grid_size = (num_frames // frames_per_token, frame_size // patch, frame_size // patch)  # t h w
+        self.num_patches = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(frames_per_token, patch, patch),
                               stride=(frames_per_token, patch, patch))
 
@@ -181,6 +192,35 @@ def fusion_layer_flops(fusion: Fusion, num_tokens: Mapping[str, int], num_bottle
     return count_flops(layer, {m: torch.zeros(1, n, embed_dim) for m, n in num_tokens.items()})
 
 
+def bottleneck_attention_maps(attention: Mapping[str, Tensor], bottleneck_index: int,
+                              token_grids: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, Tensor]]:
+    """Where bottleneck token ``bottleneck_index`` looks, and who looks at it, in one bottleneck
+    fusion layer of one clip (the notebook's widget).
+
+    ``attention[m]`` is modality m's attention ``(heads, 1 + n_m + B, 1 + n_m + B)`` over
+    [CLS; its n_m patch tokens; the B bottleneck tokens], ``token_grids[m]`` the shape its patch
+    tokens tile (frames ``(t, h, w)``, spectrogram ``(mel, time)``).  Per modality, averaged over
+    heads: ``reads`` (the bottleneck's attention on each patch token, on the grid), ``read_by``
+    (each patch token's attention on the bottleneck, on the grid), and the bottleneck's shares on
+    the CLS token and on the bottleneck tokens, ``reads_cls`` and ``reads_bottlenecks``."""
+    maps = {}
+    for modality, grid in token_grids.items():
+        weights = attention[modality]
+        patches = math.prod(grid)
+        num_bottlenecks = weights.shape[-1] - 1 - patches
+        if weights.ndim != 3 or weights.shape[1] != weights.shape[2] or num_bottlenecks < 1:
+            raise ValueError(f"expected {modality} attention (heads, n, n) over 1 + {patches} tokens and "
+                             f"at least one bottleneck token, got {tuple(weights.shape)}")
+        if not 0 <= bottleneck_index < num_bottlenecks:
+            raise IndexError(f"bottleneck_index must lie in [0, {num_bottlenecks}), got {bottleneck_index}")
+        mean = weights.detach().float().mean(0)  # n n
+        row = 1 + patches + bottleneck_index  # the bottleneck token in the sequence
+        maps[modality] = {"reads": mean[row, 1:1 + patches].reshape(grid),
+                          "read_by": mean[1:1 + patches, row].reshape(grid),
+                          "reads_cls": mean[row, 0], "reads_bottlenecks": mean[row, 1 + patches:].sum()}
+    return maps
+
+
 @dataclass
 class MBTOutput(ModelOutput):
     """``attention[l]``: per layer, ``{modality: (b, h, n, n)}`` for the sequence that modality's
@@ -237,6 +277,11 @@ class MBT(nn.Module):
     def extra_repr(self) -> str:
         return (f"fusion={self.fusion!r}, fusion_layer={self.fusion_layer}, classifier={self.classifier!r}, "
                 f"test_with_bottlenecks={self.test_with_bottlenecks}")
+
+    @property
+    def token_grids(self) -> dict[str, tuple[int, ...]]:
+        """The shape each modality's patch tokens tile: frames ``(t, h, w)``, spectrogram ``(mel, time)``."""
+        return {m: tuple(embed.grid_size) for m, embed in self.embeds.items()}
 
     def embed(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's ``[CLS; tokens] + positions``, ``(b, 1 + n_m, d)``."""

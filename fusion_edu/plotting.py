@@ -171,6 +171,31 @@ def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, ti
     return fig
 
 
+def _grid_image(grid: Tensor) -> np.ndarray:
+    """A token grid as an image: ``(t, h, w)`` with its time slices side by side, ``(rows, cols)`` as is."""
+    if grid.ndim == 3:
+        grid = torch.cat(list(grid), dim=-1)  # h (t w)
+    return grid.cpu().numpy()
+
+
+def plot_bottleneck_attention(maps: Mapping[str, Mapping[str, Tensor]], bottleneck_index: int) -> Figure:
+    """The MBT widget callback: one row per modality, where bottleneck token ``bottleneck_index``
+    attends over that modality's patch tokens and how much each patch token attends to it
+    (``maps`` from ``mbt.bottleneck_attention_maps``).  Frame tubelets are shown time slice by
+    time slice, left to right; spectrogram patches with low mel bands at the bottom."""
+    fig, axes = _panels(2 * len(maps), rows=len(maps))
+    for row, (modality, pieces) in enumerate(maps.items()):
+        origin = "lower" if pieces["reads"].ndim == 2 else "upper"
+        bottleneck = f"bottleneck {bottleneck_index}"
+        for ax, key, what in ((axes[row, 0], "reads", f"{bottleneck} reads {modality}"),
+                              (axes[row, 1], "read_by", f"{modality} tokens read {bottleneck}")):
+            ax.imshow(_grid_image(pieces[key]), cmap="magma", vmin=0, origin=origin)
+            ax.set_title(what, fontsize=8)
+        axes[row, 0].set_xlabel(f"on its CLS {pieces['reads_cls'].item():.2f}, on the bottlenecks "
+                                f"{pieces['reads_bottlenecks'].item():.2f}", fontsize=7)
+    return fig
+
+
 def plot_token_scores(images: Mapping[str, Tensor], scores: Mapping[str, Tensor],
                       corrupted: Mapping[str, Tensor], threshold: float, patch_size: int) -> Figure:
     """The TokenFusion widget callback: per modality (one row each), the image with the tokens

@@ -7,6 +7,7 @@ from fusion_edu.mbt import (
     FUSIONS,
     MBT,
     TubeletEmbed,
+    bottleneck_attention_maps,
     bottleneck_fusion_layer,
     fusion_attention_mask,
     fusion_layer_flops,
@@ -181,3 +182,26 @@ def test_bottlenecks_save_flops_only_when_the_modalities_hold_many_tokens() -> N
     assert fusion_layer_flops("bottleneck", large) < 0.75 * fusion_layer_flops("vanilla", large)
     with pytest.raises(ValueError, match="fusion must be one of"):
         fusion_layer_flops("early", small)
+
+
+def test_bottleneck_attention_maps_read_the_bottleneck_row_and_column_on_each_token_grid() -> None:
+    with seeded(0):
+        model = MBT(**SMALL, fusion="bottleneck", num_bottlenecks=3).eval()
+    with torch.no_grad():
+        attention = model(_clips(), return_attention=True).attention
+    assert model.token_grids == {"frames": (2, 2, 2), "spectrogram": (2, 2)}
+    clip = {m: w[1] for m, w in attention[2].items()}  # fusion layer 2, second clip
+    maps = bottleneck_attention_maps(clip, 1, model.token_grids)
+    frames = clip["frames"].mean(0)  # over [CLS; 8 tubelets; 3 bottlenecks]
+    torch.testing.assert_close(maps["frames"]["reads"].flatten(), frames[1 + 8 + 1, 1:9])
+    torch.testing.assert_close(maps["frames"]["read_by"].flatten(), frames[1:9, 1 + 8 + 1])
+    for pieces in maps.values():  # the bottleneck's attention row sums to one
+        total = pieces["reads"].sum() + pieces["reads_cls"] + pieces["reads_bottlenecks"]
+        torch.testing.assert_close(total, torch.tensor(1.0))
+    other = bottleneck_attention_maps(clip, 2, model.token_grids)
+    assert not torch.equal(other["spectrogram"]["reads"], maps["spectrogram"]["reads"])
+    with pytest.raises(IndexError, match=r"\[0, 3\), got 3"):
+        bottleneck_attention_maps(clip, 3, model.token_grids)
+    unimodal_layer = {m: w[1] for m, w in attention[0].items()}  # before L_f: no bottleneck tokens
+    with pytest.raises(ValueError, match="at least one bottleneck token"):
+        bottleneck_attention_maps(unimodal_layer, 0, model.token_grids)

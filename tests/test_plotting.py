@@ -9,6 +9,7 @@ from fusion_edu.plotting import (
     attention_heatmap,
     draw_patch_grid,
     plot_attention_map,
+    plot_bottleneck_attention,
     plot_cls_cross_attention,
     plot_history,
     plot_segmentations,
@@ -167,3 +168,19 @@ def test_draw_patch_grid_draws_the_inner_edges():
     assert edges == [7.5, 15.5, 23.5] and len(ax.lines) == 6  # 3 horizontal + 3 vertical
     assert all(line.get_linewidth() == 1.5 for line in ax.lines)
     plt.close(fig)
+
+
+def test_plot_bottleneck_attention_lays_time_slices_side_by_side():
+    frames_reads = torch.arange(8.0).reshape(2, 2, 2)  # t h w
+    maps = {"frames": {"reads": frames_reads, "read_by": frames_reads + 1, "reads_cls": torch.tensor(0.25),
+                       "reads_bottlenecks": torch.tensor(0.5)},
+            "spectrogram": {"reads": torch.rand(2, 3), "read_by": torch.rand(2, 3),
+                            "reads_cls": torch.tensor(0.0), "reads_bottlenecks": torch.tensor(0.1)}}
+    figure = plot_bottleneck_attention(maps, 2)
+    panels = figure.axes
+    assert len(panels) == 4
+    np.testing.assert_array_equal(panels[0].images[0].get_array(), [[0, 1, 4, 5], [2, 3, 6, 7]])
+    np.testing.assert_array_equal(panels[1].images[0].get_array()[:, 2:], [[5, 6], [7, 8]])
+    np.testing.assert_allclose(panels[2].images[0].get_array(), maps["spectrogram"]["reads"].numpy())
+    assert "bottleneck 2" in panels[0].get_title() and "0.25" in panels[0].get_xlabel()
+    plt.close("all")
