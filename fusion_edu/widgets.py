@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -16,19 +17,31 @@ import torch
 from IPython.display import display
 from torch import Tensor, nn
 
-from .plotting import plot_attention_map, plot_cls_cross_attention, plot_token_scores
+from .mbt import bottleneck_attention_maps
+from .plotting import (
+    plot_attention_map,
+    plot_bottleneck_attention,
+    plot_cls_cross_attention,
+    plot_token_scores,
+)
 
-__all__ = ["attention_explorer", "cross_attention_explorer", "sample_attention",
-           "sample_cross_attention", "sample_token_scores", "token_score_explorer"]
+__all__ = ["attention_explorer", "bottleneck_explorer", "cross_attention_explorer", "sample_attention",
+           "sample_bottleneck_attention", "sample_cross_attention", "sample_token_scores",
+           "token_score_explorer"]
 
 
-def sample_attention(model: nn.Module, data: Mapping[str, Tensor], index: int) -> Tensor:
-    """One forward of sample ``index`` with attention returned: ``(layers, heads, n, n)``."""
+def _forward_sample(model: nn.Module, data: Mapping[str, Tensor], index: int, **options: bool) -> Any:
+    """The model's eval-mode output for sample ``index`` alone (a batch of one)."""
     device = next(model.parameters()).device
     sample = {key: value[index:index + 1].to(device) for key, value in data.items()}
     model.eval()
     with torch.inference_mode():
-        output = model(sample, return_attention=True)
+        return model(sample, **options)
+
+
+def sample_attention(model: nn.Module, data: Mapping[str, Tensor], index: int) -> Tensor:
+    """One forward of sample ``index`` with attention returned: ``(layers, heads, n, n)``."""
+    output = _forward_sample(model, data, index, return_attention=True)
     return torch.stack([weights[0] for weights in output.attention]).float().cpu()
 
 
@@ -59,11 +72,7 @@ def sample_cross_attention(model: nn.Module, data: Mapping[str, Tensor], index: 
                            ) -> list[list[Tensor]]:
     """One CrossViT forward of sample ``index``: per multi-scale block, per branch i, the first
     fusion layer's weights of branch i's CLS over [itself; the other branch's patches], ``(h, 1 + n_j)``."""
-    device = next(model.parameters()).device
-    sample = {key: value[index:index + 1].to(device) for key, value in data.items()}
-    model.eval()
-    with torch.inference_mode():
-        output = model(sample, return_attention=True)
+    output = _forward_sample(model, data, index, return_attention=True)
     return [[layers[0][0, :, 0].float().cpu() for layers in block] for block in output.fusion_attention]
 
 
@@ -95,11 +104,7 @@ def cross_attention_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> wi
 def sample_token_scores(model: nn.Module, data: Mapping[str, Tensor], index: int
                         ) -> list[dict[str, Tensor]]:
     """One TokenFusion forward of sample ``index``: per layer, ``{modality: (n,) scores}``."""
-    device = next(model.parameters()).device
-    sample = {key: value[index:index + 1].to(device) for key, value in data.items()}
-    model.eval()
-    with torch.inference_mode():
-        output = model(sample)
+    output = _forward_sample(model, data, index)
     return [{m: score[0].float().cpu() for m, score in layer.items()} for layer in output.scores]
 
 
@@ -124,4 +129,34 @@ def token_score_explorer(model: nn.Module, data: Mapping[str, Tensor],
         sample=widgets.IntSlider(0, 0, len(data[model.modalities[0]]) - 1),
         layer=widgets.IntSlider(0, 0, len(model.layers) - 1),
         theta=widgets.FloatLogSlider(model.threshold, base=10, min=-3, max=-0.3, step=0.1),
+    )
+
+
+def sample_bottleneck_attention(model: nn.Module, data: Mapping[str, Tensor], index: int
+                                ) -> list[dict[str, Tensor]]:
+    """One MBT forward of clip ``index``: per layer, ``{modality: (h, n, n)}`` attention weights."""
+    output = _forward_sample(model, data, index, return_attention=True)
+    return [{m: weights[0].float().cpu() for m, weights in layer.items()} for layer in output.attention]
+
+
+def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets.Widget:
+    """Clip, fusion layer and bottleneck index -> where that bottleneck token attends in the
+    frames and in the spectrogram, and what attends to it (``plot_bottleneck_attention``)."""
+    if model.fusion != "bottleneck" or not model.test_with_bottlenecks:
+        raise ValueError(f"the explorer shows bottleneck fusion evaluated with its bottlenecks, got "
+                         f"fusion={model.fusion!r}, test_with_bottlenecks={model.test_with_bottlenecks}")
+    attention_of = lru_cache(maxsize=32)(lambda index: sample_bottleneck_attention(model, data, index))
+    depth = len(model.layers["frames"])
+
+    def show(clip: int, layer: int, bottleneck: int) -> None:
+        maps = bottleneck_attention_maps(attention_of(clip)[layer], bottleneck, model.token_grids)
+        figure = plot_bottleneck_attention(maps, bottleneck)
+        display(figure)
+        plt.close(figure)
+
+    return widgets.interactive(
+        show,
+        clip=widgets.IntSlider(0, 0, len(data["label"]) - 1),
+        layer=widgets.IntSlider(model.fusion_layer, model.fusion_layer, depth - 1),
+        bottleneck=widgets.IntSlider(0, 0, model.bottleneck_tokens.shape[1] - 1),
     )

@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from fusion_edu.mbt import (
     fusion_layer_step,
 )
 from fusion_edu.train import seeded, training_loss
+from fusion_edu.widgets import bottleneck_explorer, sample_bottleneck_attention
 
 SMALL = dict(num_frames=4, frame_size=16, tubelet=(2, 8), spectrogram_size=16, spectrogram_patch=8,
              num_classes=5, embed_dim=16, depth=3, num_heads=2)
@@ -205,3 +207,21 @@ def test_bottleneck_attention_maps_read_the_bottleneck_row_and_column_on_each_to
     unimodal_layer = {m: w[1] for m, w in attention[0].items()}  # before L_f: no bottleneck tokens
     with pytest.raises(ValueError, match="at least one bottleneck token"):
         bottleneck_attention_maps(unimodal_layer, 0, model.token_grids)
+
+
+def test_bottleneck_explorer_reads_each_fusion_layer_of_one_clip() -> None:
+    with seeded(0):
+        model = MBT(**SMALL, fusion="bottleneck", num_bottlenecks=3)
+    clips = _clips()
+    attention = sample_bottleneck_attention(model, clips, 2)
+    with torch.no_grad():
+        expected = model({k: v[2:3] for k, v in clips.items()}, return_attention=True).attention
+    assert attention[2]["frames"].shape == (2, 1 + 8 + 3, 1 + 8 + 3)  # heads; CLS, tubelets, bottlenecks
+    torch.testing.assert_close(attention[2]["spectrogram"], expected[2]["spectrogram"][0])
+    explorer = bottleneck_explorer(model, clips)
+    sliders = {child.description: child for child in explorer.children[:-1]}
+    assert (sliders["layer"].min, sliders["layer"].max) == (2, 2) and sliders["bottleneck"].max == 2
+    assert sliders["clip"].max == 2
+    with pytest.raises(ValueError, match="got fusion='late'"):
+        bottleneck_explorer(MBT(**SMALL, fusion="late"), clips)
+    plt.close("all")
