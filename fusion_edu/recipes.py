@@ -3,7 +3,8 @@
 Every RGB-D model in the course is compared at the same budget: a 4-layer, 64-wide ViT on 4x4
 patches of the 32x32 scenes (64 tokens per modality), trained for the same epochs with the same
 optimiser.  Because the recipe lives here, notebook 02 loads the single-modal models notebook 01
-trained (``fit_or_load`` finds them in the cache) instead of training them again.
+trained (``fit_or_load`` finds them in the cache) instead of training them again.  The CrossViT
+(notebook 05) and MBT (notebook 06) recipes follow.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from torch import Tensor
 
 from .crossvit import CrossViT, SingleBranchViT, single_branch
 from .datasets import CLASSES, LAYOUTS, TEXTURES
+from .mbt import MBT
 from .tokenfusion import TokenFusion
 from .train import TrainConfig, default_device, fit_or_load, seeded
 from .vit import VisionTransformer
 
-__all__ = ["CROSSVIT", "RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION", "crossvit_training",
-           "rgbd_training", "tokenfusion_training", "train_crossvit", "train_single_modal",
-           "train_tokenfusion"]
+__all__ = ["CROSSVIT", "MBT_MODES", "RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION", "crossvit_training",
+           "mbt_training", "rgbd_training", "tokenfusion_training", "train_crossvit", "train_mbt",
+           "train_single_modal", "train_tokenfusion"]
 
 RGBD_CHANNELS = {"rgb": 3, "depth": 1}
 RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=64, depth=4,
@@ -109,4 +111,28 @@ def train_crossvit(name: str, train: Mapping[str, Tensor], val: Mapping[str, Ten
             model = single_branch(branch, **{**CROSSVIT, **options})
     history = fit_or_load(f"crossvit_{name}_seed{config.seed}", model, train, val, config,
                           progress=progress)
+    return model, history
+
+
+# MBT (notebook 06): the model's defaults (frames as 2 x 8 x 8 tubelets, 8 x 8 spectrogram patches,
+# 64 wide, 4 layers, fusion from L_f = 2, B = 4); vanilla fusion shares one encoder, as the official code.
+MBT_MODES = {"late": dict(fusion="late"), "vanilla": dict(fusion="vanilla", share_encoder=True),
+             "cross": dict(fusion="cross"), "bottleneck": dict(fusion="bottleneck")}
+MBT_CPU_EPOCHS = 15  # about 40 s per model on a 2-core CPU; fewer do not learn to bind sound to motion
+MBT_GPU_EPOCHS = 30
+
+
+def mbt_training(device: torch.device | None = None, seed: int = 0) -> TrainConfig:
+    """AdamW, lr 1e-3, batch 64; 15 epochs on a CPU, 30 on a GPU."""
+    device = device or default_device()
+    epochs = MBT_GPU_EPOCHS if device.type == "cuda" else MBT_CPU_EPOCHS
+    return TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, seed=seed)
+
+
+def train_mbt(name: str, train: Mapping[str, Tensor], val: Mapping[str, Tensor] | None, config: TrainConfig,
+              progress: bool = True, **options: object) -> tuple[MBT, list[dict]]:
+    """``MBT(**options)`` trained with ``config`` (or loaded from the cache)."""
+    with seeded(config.seed):
+        model = MBT(**options)
+    history = fit_or_load(f"mbt_{name}_seed{config.seed}", model, train, val, config, progress=progress)
     return model, history
