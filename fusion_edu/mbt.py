@@ -34,7 +34,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput, PatchEmbed, init_vit_weights
+from .datasets import MISSING
 from .flops import count_flops
+from .train import model_outputs
 from .vit import POS_STD
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "fusion_attention_mask",
     "fusion_layer_flops",
     "fusion_layer_step",
+    "modality_accuracies",
 ]
 
 FUSIONS = ("late", "vanilla", "cross", "bottleneck")
@@ -326,3 +329,21 @@ class MBT(nn.Module):
                          modality_logits=modality_logits, mean_modality_loss=True,
                          bottleneck_tokens=bottleneck)
 
+
+
+def modality_accuracies(model: MBT, clips: Mapping[str, Tensor], device: torch.device | None = None
+                        ) -> dict[str, float]:
+    """Accuracy on ``clips`` of the averaged logits (``"fused"``), of each modality's own logits, and
+    of the averaged logits on the clips that lost each modality (keys of ``MISSING``: ``"none"``,
+    ``"dark"``, ``"silent"``; ``clips["missing"]`` indexes them).  Needs CLS-token classification."""
+    if model.classifier != "token":
+        raise ValueError(f"per-modality accuracies need classifier='token', got {model.classifier!r}")
+    hits: dict[str, list[Tensor]] = {}
+    for batch, output in model_outputs(model, clips, device):
+        correct = {key: (logits.argmax(1) == batch["label"]).float().cpu()
+                   for key, logits in {"fused": output.logits, **output.modality_logits}.items()}
+        for key, values in correct.items():
+            hits.setdefault(key, []).append(values)
+        for index, missing in enumerate(MISSING):
+            hits.setdefault(missing, []).append(correct["fused"][batch["missing"].cpu() == index])
+    return {key: torch.cat(values).mean().item() for key, values in hits.items()}

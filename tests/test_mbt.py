@@ -13,6 +13,7 @@ from fusion_edu.mbt import (
     fusion_attention_mask,
     fusion_layer_flops,
     fusion_layer_step,
+    modality_accuracies,
 )
 from fusion_edu.train import seeded, training_loss
 from fusion_edu.widgets import bottleneck_explorer, sample_bottleneck_attention
@@ -111,6 +112,22 @@ def test_token_classifier_trains_on_the_mean_of_the_modalities_losses():
                                                + output.modality_logits["spectrogram"]) / 2)
     gap = _model(classifier="gap")(clips)
     assert gap.modality_logits is None and gap.logits.shape == (3, 5)
+
+
+def test_modality_accuracies_score_each_stream_and_each_missing_modality():
+    model, clips = _model(), _clips(n=6)
+    clips["missing"] = torch.tensor([0, 0, 1, 1, 2, 2])  # none, none, dark, dark, silent, silent
+    with torch.no_grad():
+        output = model(clips)
+    right = {key: logits.argmax(1) == clips["label"]
+             for key, logits in {"fused": output.logits, **output.modality_logits}.items()}
+    scores = modality_accuracies(model, clips)
+    for key, correct in right.items():
+        assert scores[key] == pytest.approx(correct.float().mean().item())
+    for index, missing in enumerate(("none", "dark", "silent")):
+        assert scores[missing] == pytest.approx(right["fused"][2 * index:2 * index + 2].float().mean().item())
+    with pytest.raises(ValueError, match="need classifier='token', got 'gap'"):
+        modality_accuracies(_model(classifier="gap"), clips)
 
 
 def test_bad_configurations_and_inputs_raise_clear_errors():

@@ -1,0 +1,77 @@
+"""The claims notebook 06 (MBT) makes, re-checked over three seeds with the notebook's recipe.
+
+Data, initialisation and shuffling all change with the seed.  Each seed trains late fusion, vanilla
+fusion, bottleneck fusion (L_f = 2, B = 4), early bottleneck fusion (L_f = 0) and one bottleneck token
+(B = 1), 15 epochs each on 3,000 clips, scored on 1,000 test clips.
+
+- Bottleneck fusion beats either modality alone (late fusion's frames and audio streams).
+- Bottleneck fusion matches or beats vanilla full attention: never more than ``MATCH_TOLERANCE`` below
+  it, and not below it on average.  At the notebook's 33 + 17 tokens it costs *more* FLOPs than vanilla
+  (the FLOPs half of the paper's claim holds at hundreds of tokens per modality:
+  ``tests/test_mbt.py::test_bottlenecks_save_flops_only_when_the_modalities_hold_many_tokens``).
+- Mid fusion (L_f = 2) lands clearly above late fusion, and early fusion (L_f = 0) above it too (by
+  0.03 to 0.26 in our runs); which of early and mid is ahead changes with the seed, so it is printed,
+  not asserted.
+- B = 1, the only B cheaper than vanilla fusion here, loses most of the binding that B = 4 learns.
+"""
+
+import pytest
+import torch
+
+from fusion_edu.datasets import load_audiovisual_clips
+from fusion_edu.flops import count_flops
+from fusion_edu.mbt import modality_accuracies
+from fusion_edu.recipes import MBT_MODES, MBT_SWEEP, mbt_training, train_mbt
+
+SEEDS = (0, 1, 2)
+MARGIN = 0.05  # accuracy by which a claimed winner must lead (chance is 0.25; 1,000 test clips)
+MATCH_TOLERANCE = 0.05  # "matches": about one seed-to-seed standard deviation of the same model
+RUNS = {name: MBT_MODES[name] for name in ("late", "vanilla", "bottleneck")} | MBT_SWEEP
+
+
+@pytest.fixture(scope="module")
+def mbt_runs(tmp_path_factory) -> dict[int, dict[str, dict[str, float]]]:
+    """Per seed and model (trained in a private cache): accuracies per stream and MFLOPs per clip."""
+    runs, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(2)  # as the notebook: CPU results are reproducible at a fixed thread count
+    for seed in SEEDS:
+        config = mbt_training(torch.device("cpu"), seed)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FUSION_EDU_DATA", str(tmp_path_factory.mktemp(f"mbt{seed}")))
+            train = load_audiovisual_clips("train", seed=seed)
+            test = load_audiovisual_clips("test", seed=seed)
+            one_clip = {m: test[m][:1] for m in ("frames", "spectrogram")}
+            runs[seed] = {}
+            for name, options in RUNS.items():
+                model, _ = train_mbt(name, train, None, config, progress=False, **options)
+                runs[seed][name] = {**modality_accuracies(model, test, torch.device("cpu")),
+                                    "mflops": count_flops(model.cpu(), one_clip) / 1e6}
+        print(f"seed {seed}:", {name: round(r["fused"], 3) for name, r in runs[seed].items()})  # pytest -s
+    torch.set_num_threads(threads)
+    return runs
+
+
+def test_06_bottleneck_fusion_beats_either_modality_alone(mbt_runs):
+    for seed, runs in mbt_runs.items():
+        alone = max(runs["late"]["frames"], runs["late"]["spectrogram"])
+        assert runs["bottleneck"]["fused"] > alone + MARGIN, (seed, runs)
+
+
+def test_06_bottleneck_fusion_matches_or_beats_vanilla_at_more_flops_on_few_tokens(mbt_runs):
+    gaps = [runs["bottleneck"]["fused"] - runs["vanilla"]["fused"] for runs in mbt_runs.values()]
+    assert min(gaps) > -MATCH_TOLERANCE, gaps
+    assert sum(gaps) / len(gaps) >= 0, gaps
+    for runs in mbt_runs.values():
+        assert runs["bottleneck"]["mflops"] > runs["vanilla"]["mflops"], runs
+
+
+def test_06_mid_and_early_fusion_land_above_late_fusion(mbt_runs):
+    for seed, runs in mbt_runs.items():
+        assert runs["bottleneck"]["fused"] > runs["late"]["fused"] + MARGIN, (seed, runs)
+        assert runs["early"]["fused"] > runs["late"]["fused"], (seed, runs)
+
+
+def test_06_one_bottleneck_is_cheaper_than_vanilla_but_loses_the_binding(mbt_runs):
+    for seed, runs in mbt_runs.items():
+        assert runs["B1"]["mflops"] < runs["vanilla"]["mflops"], (seed, runs)
+        assert runs["B1"]["fused"] < runs["bottleneck"]["fused"] - MARGIN, (seed, runs)
