@@ -1,0 +1,117 @@
+import pytest
+import torch
+from torch import nn
+
+from fusion_edu.camera import intrinsics
+from fusion_edu.datasets.pointcloud import PointCloudConfig, generate_pointcloud_scenes
+from fusion_edu.tokenfusion_heterogeneous import (
+    BACKGROUND,
+    PointImageOutput,
+    PointImageTokenFusion,
+    detection_accuracy_by_sparsity,
+    detection_targets,
+    object_detections,
+    project_to_patches,
+    substitute_point_tokens,
+)
+from fusion_edu.train import seeded
+
+SMALL = dict(num_seeds=16, group_size=4, point_dim=16, image_dim=8, depth=2, num_heads=2, image_size=64,
+             patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    raw = generate_pointcloud_scenes(6, [3, 0], PointCloudConfig(num_points=128, num_rays=1500))
+    return detection_targets(raw, num_seeds=16, patch_size=8)
+
+
+def _identity_camera():
+    return intrinsics(10.0, 64, 64)[None], torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)[None]
+
+
+def test_point_to_patch_index_is_eq_2_computed_by_hand():
+    intrinsic, extrinsic = _identity_camera()
+    points = torch.tensor([[[1.0, 2.0, 4.0], [0.0, 0.0, -1.0], [40.0, 0.0, 1.0]]])
+    index, valid = project_to_patches(points, intrinsic, extrinsic, image_size=64, patch_size=8)
+    # (1, 2, 4): u = 10 * 1/4 + 32 = 34.5, v = 10 * 2/4 + 32 = 37 -> patch row 4, column 4 of 8 -> 36
+    assert index[0, 0] == 4 * 8 + 4 and valid[0].tolist() == [True, False, False]  # behind; outside
+    assert index[0, 1:].tolist() == [0, 0]
+
+
+def test_low_scoring_point_tokens_take_the_projected_image_token_through_h():
+    point_tokens = torch.ones(1, 3, 4)
+    image_tokens = torch.arange(2 * 5, dtype=torch.float).reshape(1, 5, 2)  # 5 patches, width 2
+    projection = nn.Linear(2, 4)
+    scores = torch.tensor([[0.9, 0.01, 0.01]])
+    patch_index, valid = torch.tensor([[0, 3, 3]]), torch.tensor([[True, True, False]])
+    new, substituted = substitute_point_tokens(point_tokens, scores, image_tokens, patch_index, valid,
+                                               projection, threshold=0.02)
+    assert substituted.tolist() == [[False, True, False]]  # the third has no patch: never substituted
+    torch.testing.assert_close(new[0, 0], 0.9 * point_tokens[0, 0])  # kept tokens are scored
+    torch.testing.assert_close(new[0, 1], projection(image_tokens[0, 3]))
+    torch.testing.assert_close(new[0, 2], 0.01 * point_tokens[0, 2])
+
+
+def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
+    rows = torch.arange(len(scenes["seeds"]))[:, None]
+    instance = scenes["point_instance"].long()[rows, scenes["seeds"]]
+    assert torch.equal(instance, scenes["seed_instance"])
+    on_object = instance >= 0
+    assert (scenes["label"][~on_object] == BACKGROUND).all()
+    expected = scenes["object_class"][rows.expand_as(instance)[on_object], instance[on_object]] + 1
+    assert torch.equal(scenes["label"][on_object], expected)
+    assert scenes["image"].dtype == torch.float32 and scenes["image"].max() <= 1
+    assert (scenes["patch_label"] > 0).sum() > 0  # projected object centres mark image patches
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_forward_shapes_and_a_finite_loss(scenes, fusion):
+    with seeded(0):
+        model = PointImageTokenFusion(fusion=fusion, **SMALL)
+    output = model(scenes)
+    assert output.logits.shape == (6, 5, 16) and output.centres.shape == (6, 16, 3)
+    assert torch.isfinite(output.aux_loss)
+    assert (output.scores is not None) == fusion and (output.patch_logits is not None) == fusion
+    if fusion:
+        assert output.patch_logits.shape == (6, 5, 64) and len(output.substituted) == 2
+
+
+def test_point_loss_reaches_the_scores_but_not_the_image_branch(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion(fusion=True, lambda_l1=0.0, **SMALL)
+    output = model(scenes)
+    torch.nn.functional.cross_entropy(output.logits, scenes["label"]).backward()
+    assert model.score_predictors[0].net[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.image.blocks.parameters())
+
+
+def test_points_all_behind_the_camera_are_never_substituted(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion(fusion=True, threshold=0.99, **SMALL)
+    flipped = {**scenes, "Rt": scenes["Rt"] * torch.tensor([-1.0, 1.0, -1.0])[:, None]}  # turned around
+    output = model(flipped)
+    assert not any(mask.any() for mask in output.substituted) and torch.isfinite(output.logits).all()
+    assert any(mask.any() for mask in model(scenes).substituted)  # the same scores, seen: substituted
+
+
+class _Oracle(nn.Module):
+    """Predicts every seed's true class and centre: every object with a seed is detected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs):
+        logits = torch.nn.functional.one_hot(inputs["label"], 5).float().transpose(1, 2) * 10
+        return PointImageOutput(logits=logits + self.weight, centres=inputs["seed_centre"])
+
+
+def test_object_detections_from_seed_votes(scenes):
+    detections = object_detections(_Oracle(), scenes, torch.device("cpu"))
+    present = scenes["object_class"] >= 0
+    assert len(detections["correct"]) == int(present.sum())
+    assert torch.equal(detections["correct"], detections["seeds"] > 0)
+    torch.testing.assert_close(detections["points"], scenes["object_points"][present])
+    table = detection_accuracy_by_sparsity(detections)
+    assert sum(count for _, count in table.values()) == int(present.sum())
