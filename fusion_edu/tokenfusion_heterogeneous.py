@@ -103,8 +103,9 @@ def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: 
 
     ``label (b m)``: each seed's class, ``BACKGROUND`` on the floor and ``SHAPES[k]`` → k + 1 on an
     object; ``seed_instance (b m)``; ``seed_centre (b m 3)``: the centre of the seed's object (zeros on
-    the floor); ``patch_label (b N)``: the class of an object whose projected 2-D centre falls in the
-    patch (the image branch's 2-D target), else background.
+    the floor); ``patch_label (b N)``: the image branch's 2-D target, from the 3-D labels projected
+    into the image: the class of the object whose projected 3-D box (``object_box_2d``) holds the
+    patch centre — the nearest to the camera where boxes overlap — else background.
     """
     points = scenes["points"]
     seeds = farthest_point_sample(points, num_seeds)
@@ -114,17 +115,24 @@ def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: 
     object_index = instance.clamp(min=0)
     label = torch.where(on_object, scenes["object_class"][rows, object_index] + 1, BACKGROUND)
     centre = torch.where(on_object[..., None], scenes["object_centre"][rows, object_index], 0.0)
-    size = scenes["image"].shape[-1]
-    per_row = size // patch_size
-    present = scenes["object_class"] >= 0
-    u, v = scenes["object_centre_2d"].unbind(-1)
-    inside = present & (u >= 0) & (u < size) & (v >= 0) & (v < size)
-    patch = ((v / patch_size).floor().clamp(0, per_row - 1) * per_row
-             + (u / patch_size).floor().clamp(0, per_row - 1)).long()
-    patch_label = torch.zeros(len(points), per_row**2, dtype=torch.long)
-    patch_label[rows.expand_as(patch)[inside], patch[inside]] = scenes["object_class"][inside] + 1
     return {**scenes, "image": scenes["image"].float() / 255, "seeds": seeds, "label": label,
-            "seed_instance": instance, "seed_centre": centre, "patch_label": patch_label}
+            "seed_instance": instance, "seed_centre": centre,
+            "patch_label": _patch_labels(scenes, patch_size)}
+
+
+def _patch_labels(scenes: Mapping[str, Tensor], patch_size: int) -> Tensor:
+    """Per patch ``(b N)``: the class + 1 of the nearest object whose projected box holds the patch centre."""
+    size = scenes["image"].shape[-1]
+    centres = torch.arange(patch_size / 2, size, patch_size)  # patch centres along one axis, in pixels
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    u, v = u.flatten()[None, None], v.flatten()[None, None]  # 1 1 N
+    u0, v0, u1, v1 = scenes["object_box_2d"][..., None].unbind(2)  # b O 1 each
+    depth = project_points(scenes["object_centre"], scenes["K"], scenes["Rt"])[..., 2]  # b O
+    present = (scenes["object_class"] >= 0) & (depth > 0)
+    covers = (u >= u0) & (u < u1) & (v >= v0) & (v < v1) & present[..., None]  # b O N
+    nearest = torch.where(covers, depth[..., None], torch.inf).argmin(dim=1)  # b N
+    label = scenes["object_class"].gather(1, nearest) + 1
+    return torch.where(covers.any(dim=1), label, BACKGROUND)
 
 
 @dataclass

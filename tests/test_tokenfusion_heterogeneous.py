@@ -115,3 +115,14 @@ def test_object_detections_from_seed_votes(scenes):
     torch.testing.assert_close(detections["points"], scenes["object_points"][present])
     table = detection_accuracy_by_sparsity(detections)
     assert sum(count for _, count in table.values()) == int(present.sum())
+
+
+def test_patch_labels_come_from_the_projected_boxes_and_cover_what_the_image_shows(scenes):
+    centres = torch.arange(4, 64, 8)  # the pixel at each 8x8 patch's centre
+    shown = scenes["pixel_instance"][:, centres][:, :, centres].flatten(1).long()  # b N
+    on_object = shown >= 0
+    assert on_object.any()
+    assert (scenes["patch_label"][on_object] != BACKGROUND).all()  # every object pixel lies in its box
+    classes = scenes["object_class"].gather(1, shown.clamp(min=0)) + 1
+    same = (scenes["patch_label"] == classes)[on_object].float().mean()
+    assert same > 0.8, same  # the rest: patches where a nearer object's box overlaps
