@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
@@ -23,6 +23,7 @@ __all__ = [
     "plot_attention_map",
     "plot_cls_cross_attention",
     "plot_history",
+    "plot_point_substitution",
     "plot_segmentations",
     "plot_token_scores",
     "show_rgbd_scene",
@@ -30,6 +31,7 @@ __all__ = [
 
 HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* records -> axis label
 PANEL_INCHES = 2.2  # width and height of one image panel
+SCORE_FLOOR = 1e-3  # lowest token score a log colour scale shows
 _PALETTE = ["#202020", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
             "#f032e6", "#bfef45", "#fabed4"]
 
@@ -258,4 +260,44 @@ def plot_segmentations(images: Sequence[tuple[str, Tensor]], label: Tensor,
         ax.imshow(torch.as_tensor(values).cpu().numpy(), cmap=cmap, vmin=0, vmax=num_classes - 1,
                   interpolation="nearest")
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_point_substitution(image: Tensor, points: Tensor, seeds: Tensor, scores: Tensor, substituted: Tensor,
+                            patch_index: Tensor, patch_size: int) -> Figure:
+    """The heterogeneous TokenFusion widget callback: the point cloud in 3-D with each seed (a point
+    token) coloured by its score and the substituted seeds ringed in red, beside the image with the
+    patches those tokens took their features from outlined in red.
+
+    ``image (3, H, W)``, ``points (n, 3)`` the whole cloud, ``seeds (m, 3)``, and per seed for one
+    layer: ``scores``, ``substituted`` and ``patch_index (m,)`` (Eq. 2's patch).
+    """
+    if not scores.shape == substituted.shape == patch_index.shape == seeds.shape[:1]:
+        raise ValueError(f"expected one score, substitution flag and patch per seed ({len(seeds)}), got "
+                         f"{tuple(scores.shape)}, {tuple(substituted.shape)} and {tuple(patch_index.shape)}")
+    num_patches = (image.shape[-1] // patch_size) ** 2
+    if patch_index.min() < 0 or patch_index.max() >= num_patches:
+        raise ValueError(f"patch indices must lie in [0, {num_patches}), "
+                         f"got {patch_index.min()}..{patch_index.max()}")
+    fig = plt.figure(figsize=(2 * PANEL_INCHES * 2, 2 * PANEL_INCHES), layout="constrained")
+    cloud = fig.add_subplot(1, 2, 1, projection="3d")
+    x, y, z = points.cpu().float().T.numpy()
+    cloud.scatter(x, y, z, s=1, c="0.75", depthshade=False)
+    sx, sy, sz = seeds.cpu().float().T.numpy()
+    shown = scores.cpu().float().clamp(min=SCORE_FLOOR).numpy()  # scores span decades: a log scale
+    dots = cloud.scatter(sx, sy, sz, s=14, c=shown, cmap="magma", norm=LogNorm(SCORE_FLOOR, 1),
+                         depthshade=False)
+    ring = substituted.cpu()
+    cloud.scatter(sx[ring], sy[ring], sz[ring], s=60, facecolors="none", edgecolors="red", linewidths=1.2,
+                  depthshade=False)
+    cloud.set_title(f"point tokens: {int(ring.sum())} of {len(seeds)} substituted", fontsize=9)
+    fig.colorbar(dots, ax=cloud, shrink=0.6, label="score s(e)")
+    picture = fig.add_subplot(1, 2, 2)
+    picture.imshow(_rgb(image))
+    draw_patch_grid(picture, image.shape[-1], patch_size)
+    used = torch.zeros(num_patches, dtype=torch.bool)
+    used[patch_index.cpu()[ring]] = True
+    outline_patches(picture, used, patch_size)
+    picture.set(xticks=[], yticks=[])
+    picture.set_title(f"image patches read: {int(used.sum())}", fontsize=9)
     return fig

@@ -22,11 +22,15 @@ from .plotting import (
     plot_attention_map,
     plot_bottleneck_attention,
     plot_cls_cross_attention,
+    plot_point_substitution,
     plot_token_scores,
 )
+from .points import farthest_point_sample
+from .tokenfusion_heterogeneous import project_to_patches
 
-__all__ = ["attention_explorer", "bottleneck_explorer", "cross_attention_explorer", "sample_attention",
-           "sample_bottleneck_attention", "sample_cross_attention", "sample_token_scores",
+__all__ = ["attention_explorer", "bottleneck_explorer", "cross_attention_explorer",
+           "point_substitution_explorer", "sample_attention", "sample_bottleneck_attention",
+           "sample_cross_attention", "sample_point_substitution", "sample_token_scores",
            "token_score_explorer"]
 
 
@@ -160,3 +164,40 @@ def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets
         layer=widgets.IntSlider(model.fusion_layer, model.fusion_layer, depth - 1),
         bottleneck=widgets.IntSlider(0, 0, model.bottleneck_tokens.shape[1] - 1),
     )
+
+
+def sample_point_substitution(model: nn.Module, data: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
+    """One heterogeneous TokenFusion forward of scene ``index``: the cloud ``points (n 3)``, the
+    ``seeds (m 3)``, per layer their ``scores`` and ``substituted`` flags ``(L m)``, and each seed's
+    Eq. 2 ``patch_index (m)``."""
+    if not model.fusion:
+        raise ValueError("the explorer shows a fused model's substitutions, "
+                         "got a point-only model (fusion=False)")
+    output = _forward_sample(model, data, index)
+    points = data["points"][index].float()
+    if "seeds" in data:
+        seeds = points[data["seeds"][index]]
+    else:
+        seeds = points[farthest_point_sample(points[None], model.tokenizer.num_seeds)[0]]
+    patch_index, _ = project_to_patches(seeds[None], data["K"][index:index + 1], data["Rt"][index:index + 1],
+                                        model.image_size, model.patch_size)
+    return {"points": points, "seeds": seeds, "patch_index": patch_index[0],
+            "scores": torch.stack([s[0] for s in output.scores]).float().cpu(),
+            "substituted": torch.stack([m[0] for m in output.substituted]).cpu()}
+
+
+def point_substitution_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets.Widget:
+    """Scene and layer -> the seeds coloured by score, the substituted ones ringed, and the image
+    patches they read (``plot_point_substitution``)."""
+    sample_of = lru_cache(maxsize=32)(lambda index: sample_point_substitution(model, data, index))
+
+    def show(scene: int, layer: int) -> None:
+        sample = sample_of(scene)
+        figure = plot_point_substitution(data["image"][scene], sample["points"], sample["seeds"],
+                                         sample["scores"][layer], sample["substituted"][layer],
+                                         sample["patch_index"], model.patch_size)
+        display(figure)
+        plt.close(figure)
+
+    return widgets.interactive(show, scene=widgets.IntSlider(0, 0, len(data["points"]) - 1),
+                               layer=widgets.IntSlider(0, 0, len(model.layers) - 1))

@@ -1,5 +1,7 @@
 """Shared fixtures: a throwaway cache folder and a tiny RGB-D set."""
 
+from contextlib import contextmanager
+
 import matplotlib
 import pytest
 import torch
@@ -29,3 +31,22 @@ def _fixed_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def private_cache(tmp_path_factory):
+    """For claims fixtures (module-scoped, so they run before ``_fixed_threads``): a context manager that
+    points the cache at an empty folder named after ``name`` and pins 2 threads, as the notebooks do."""
+
+    @contextmanager
+    def enter(name: str):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)  # CPU results are reproducible at a fixed thread count
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("FUSION_EDU_DATA", str(tmp_path_factory.mktemp(name)))
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+    return enter

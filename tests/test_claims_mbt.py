@@ -30,14 +30,12 @@ RUNS = {name: MBT_MODES[name] for name in ("late", "vanilla", "bottleneck")} | M
 
 
 @pytest.fixture(scope="module")
-def mbt_runs(tmp_path_factory) -> dict[int, dict[str, dict[str, float]]]:
+def mbt_runs(private_cache) -> dict[int, dict[str, dict[str, float]]]:
     """Per seed and model (trained in a private cache): accuracies per stream and MFLOPs per clip."""
-    runs, threads = {}, torch.get_num_threads()
-    torch.set_num_threads(2)  # as the notebook: CPU results are reproducible at a fixed thread count
+    runs = {}
     for seed in SEEDS:
         config = mbt_training(torch.device("cpu"), seed)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("FUSION_EDU_DATA", str(tmp_path_factory.mktemp(f"mbt{seed}")))
+        with private_cache(f"mbt{seed}"):
             train = load_audiovisual_clips("train", seed=seed)
             test = load_audiovisual_clips("test", seed=seed)
             one_clip = {m: test[m][:1] for m in ("frames", "spectrogram")}
@@ -47,7 +45,6 @@ def mbt_runs(tmp_path_factory) -> dict[int, dict[str, dict[str, float]]]:
                 runs[seed][name] = {**modality_accuracies(model, test, torch.device("cpu")),
                                     "mflops": count_flops(model.cpu(), one_clip) / 1e6}
         print(f"seed {seed}:", {name: round(r["fused"], 3) for name, r in runs[seed].items()})  # pytest -s
-    torch.set_num_threads(threads)
     return runs
 
 

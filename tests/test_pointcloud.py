@@ -4,6 +4,7 @@ import torch
 from fusion_edu.camera import project_points
 from fusion_edu.datasets import load_pointcloud_scenes
 from fusion_edu.datasets.pointcloud import (
+    CLASS_COLOURS,
     FLOOR,
     SHAPES,
     PointCloudConfig,
@@ -90,3 +91,18 @@ def test_bad_scenes_raise_clear_errors(scenes):
         validate_pointcloud({**scenes, "image": scenes["image"].float()})
     with pytest.raises(KeyError, match=r"missing \['Rt'\]"):
         validate_pointcloud({key: value for key, value in scenes.items() if key != "Rt"})
+
+
+def test_the_image_shows_each_class_in_its_own_hue(scenes):
+    # the camera's cue the depth sensor lacks: an object's mean chromaticity is nearest its class's paint
+    image = scenes["image"].float() / 255  # n 3 H W
+    names = []
+    for index in range(len(image)):
+        for slot, shape in enumerate(scenes["object_class"][index].tolist()):
+            pixels = scenes["pixel_instance"][index] == slot
+            if shape >= 0 and pixels.sum() >= 10:
+                colour = image[index][:, pixels].mean(1)
+                chroma = colour / colour.sum()  # shading scales all channels: compare chromaticities
+                distance = (chroma - CLASS_COLOURS / CLASS_COLOURS.sum(1, keepdim=True)).norm(dim=1)
+                names.append(int(distance.argmin()) == shape)
+    assert len(names) > 50 and sum(names) / len(names) > 0.9, (sum(names), len(names))

@@ -1,20 +1,26 @@
+import matplotlib.pyplot as plt
 import pytest
 import torch
+from matplotlib.patches import Rectangle
 from torch import nn
 
 from fusion_edu.camera import intrinsics
 from fusion_edu.datasets.pointcloud import PointCloudConfig, generate_pointcloud_scenes
+from fusion_edu.plotting import plot_point_substitution
 from fusion_edu.tokenfusion_heterogeneous import (
     BACKGROUND,
+    SPARSITY_BUCKETS,
     PointImageOutput,
     PointImageTokenFusion,
     detection_accuracy_by_sparsity,
     detection_targets,
+    in_sparsity_bucket,
     object_detections,
     project_to_patches,
     substitute_point_tokens,
 )
 from fusion_edu.train import seeded
+from fusion_edu.widgets import point_substitution_explorer, sample_point_substitution
 
 SMALL = dict(num_seeds=16, group_size=4, point_dim=16, image_dim=8, depth=2, num_heads=2, image_size=64,
              patch_size=8)
@@ -117,6 +123,20 @@ def test_object_detections_from_seed_votes(scenes):
     assert sum(count for _, count in table.values()) == int(present.sum())
 
 
+def test_sparsity_buckets_split_objects_by_their_points():
+    points = torch.tensor([0, 1, 8, 9, 32, 33, 500])
+    members = {name: in_sparsity_bucket(points, name).tolist() for name in SPARSITY_BUCKETS}
+    assert members == {"none": [True] + [False] * 6, "1-8": [False, True, True] + [False] * 4,
+                       "9-32": [False] * 3 + [True, True, False, False], "33+": [False] * 5 + [True, True]}
+    detections = {"points": points, "correct": torch.tensor([False, True, False, True, True, False, True])}
+    detections["class_correct"] = torch.ones(7, dtype=torch.bool)
+    assert detection_accuracy_by_sparsity(detections) == {"none": (0.0, 1), "1-8": (0.5, 2), "9-32": (1.0, 2),
+                                                          "33+": (0.5, 2)}
+    assert detection_accuracy_by_sparsity(detections, "class_correct")["1-8"] == (1.0, 2)
+    with pytest.raises(ValueError, match="bucket must be one of"):
+        in_sparsity_bucket(points, "sparse")
+
+
 def test_patch_labels_come_from_the_projected_boxes_and_cover_what_the_image_shows(scenes):
     centres = torch.arange(4, 64, 8)  # the pixel at each 8x8 patch's centre
     shown = scenes["pixel_instance"][:, centres][:, :, centres].flatten(1).long()  # b N
@@ -126,3 +146,46 @@ def test_patch_labels_come_from_the_projected_boxes_and_cover_what_the_image_sho
     classes = scenes["object_class"].gather(1, shown.clamp(min=0)) + 1
     same = (scenes["patch_label"] == classes)[on_object].float().mean()
     assert same > 0.8, same  # the rest: patches where a nearer object's box overlaps
+
+
+def _outlined_patches(ax):
+    boxes = [r for r in ax.patches if isinstance(r, Rectangle)]
+    return sorted((round(r.get_x() + 0.5), round(r.get_y() + 0.5)) for r in boxes)
+
+
+def test_plot_point_substitution_rings_the_substituted_seeds_and_outlines_their_patches():
+    points, seeds = torch.rand(20, 3), torch.rand(3, 3)
+    scores = torch.tensor([0.9, 0.01, 0.01])
+    substituted = torch.tensor([False, True, True])
+    patch_index = torch.tensor([0, 9, 2])  # 8x8 image, 4x4 patches -> a 2x2 grid: 9 is out of range
+    with pytest.raises(ValueError, match=r"\[0, 4\), got 0..9"):
+        plot_point_substitution(torch.rand(3, 8, 8), points, seeds, scores, substituted, patch_index, 4)
+    fig = plot_point_substitution(torch.rand(3, 8, 8), points, seeds, scores, substituted,
+                                  torch.tensor([0, 3, 2]), 4)
+    cloud, picture = fig.axes[0], fig.axes[2]  # axes[1] is the colour bar
+    assert cloud.collections[2].get_offsets().shape[0] == 2  # the ring: two substituted seeds
+    assert _outlined_patches(picture) == [(0, 4), (4, 4)]  # patches 2 (row 1, col 0) and 3 (row 1, col 1)
+    with pytest.raises(ValueError, match=r"one score.*\(3\), got \(2,\)"):
+        plot_point_substitution(torch.rand(3, 8, 8), points, seeds, scores[:2], substituted, patch_index, 4)
+    plt.close("all")
+
+
+def test_point_substitution_explorer_reads_the_models_substitutions(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion(fusion=True, threshold=0.5, **SMALL)
+    sample = sample_point_substitution(model, scenes, 4)
+    output = model.eval()({key: value[4:5] for key, value in scenes.items()})
+    assert sample["scores"].shape == sample["substituted"].shape == (2, 16)
+    torch.testing.assert_close(sample["scores"][1], output.scores[1][0].detach())
+    assert torch.equal(sample["substituted"][0], output.substituted[0][0])
+    torch.testing.assert_close(sample["seeds"], scenes["points"][4][scenes["seeds"][4]])
+    expected_index, _ = project_to_patches(sample["seeds"][None], scenes["K"][4:5], scenes["Rt"][4:5], 64, 8)
+    assert torch.equal(sample["patch_index"], expected_index[0])
+    explorer = point_substitution_explorer(model, scenes)
+    sliders = {child.description: child for child in explorer.children[:-1]}
+    assert sliders["scene"].max == 5 and sliders["layer"].max == 1
+    with seeded(0):
+        point_only = PointImageTokenFusion(fusion=False, **SMALL)
+    with pytest.raises(ValueError, match="point-only"):
+        sample_point_substitution(point_only, scenes, 0)
+    plt.close("all")

@@ -5,7 +5,8 @@ seen by a **pinhole camera** (``fusion_edu.camera``) from a random direction abo
 modalities come from the same camera pose, as from an RGB-D sensor:
 
 - the **image** (``image_size`` square, RGB) is ray-cast: one ray through each pixel centre, the
-  nearest surface wins (occlusion), shaded by a fixed light (Lambert) in the object's random colour;
+  nearest surface wins (occlusion), shaded by a fixed light (Lambert) in the object's colour —
+  each class its own hue (``CLASS_COLOURS``, jittered): paint a camera sees and a depth sensor does not;
   the floor is a grey checkerboard of 1-unit squares;
 - the **point cloud** comes from a depth sensor at the same pose with a wider field of view
   (``depth_focal_scale`` < 1), so some points fall outside the image: rays through random sub-pixel
@@ -47,7 +48,7 @@ __all__ = [
     "validate_pointcloud",
 ]
 
-GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
+GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become stale
 SHAPES = ("box", "sphere", "cylinder", "cone")
 MAX_OBJECTS = 4  # per scene; missing objects are padded with class -1
 POINTCLOUD_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000}
@@ -56,6 +57,9 @@ _LIGHT = torch.tensor([0.4, -0.3, 0.87], dtype=torch.float64)  # direction towar
 _AMBIENT = 0.35
 _SKY_COLOUR = torch.tensor([0.15, 0.18, 0.3], dtype=torch.float64)
 _CHECKER = 1.0  # floor checkerboard square, in world units
+# each class's paint (RGB), jittered per object by ``colour_jitter``: the image sees it, the depth sensor not
+CLASS_COLOURS = torch.tensor([[0.85, 0.30, 0.25], [0.30, 0.80, 0.35], [0.30, 0.45, 0.90], [0.90, 0.80, 0.30]],
+                             dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class PointCloudConfig:
     hole_radius: float = 0.25
     point_noise: float = 0.01
     pixel_noise: float = 0.02
+    colour_jitter: float = 0.15  # per channel, uniform: objects of a class share a hue, not a colour
     placement_radius: float = 1.4  # object centres lie in this square half-width around the origin
     camera_distance: tuple[float, float] = (3.4, 4.2)
     camera_elevation_degrees: tuple[float, float] = (25.0, 45.0)
@@ -303,7 +308,8 @@ def _depth_intrinsic(intrinsic: Tensor, config: PointCloudConfig) -> Tensor:
 
 def _scene(rng: np.random.Generator, config: PointCloudConfig) -> dict[str, Tensor]:
     objects = _place_objects(rng, config)
-    colours = torch.from_numpy(rng.uniform(0.2, 1.0, size=(len(objects), 3)))
+    jitter = torch.from_numpy(rng.uniform(-1, 1, size=(len(objects), 3))) * config.colour_jitter
+    colours = (CLASS_COLOURS[[SHAPES.index(o.shape) for o in objects]] + jitter).clamp(0, 1)
     intrinsic = intrinsics(config.focal, config.image_size, config.image_size).double()
     extrinsic = _camera(rng, config)
     image, pixel_instance = _render(objects, colours, intrinsic, extrinsic, config, rng)
