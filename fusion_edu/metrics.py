@@ -6,6 +6,11 @@ confusion matrix ``M[t, p]``.  Then, for class c,
 
     IoU_c = M[c, c] / (sum_p M[c, p] + sum_t M[t, c] - M[c, c])     (TP / (TP + FN + FP))
     mIoU  = mean of IoU_c over the classes that occur in the targets or the predictions.
+
+Referring segmentation (LAVT, notebook 07) scores one binary mask per (image, expression) instead, as
+the referring-segmentation literature does: per-sample IoU_i = |P_i ∩ G_i| / |P_i ∪ G_i| (0 for an empty
+union), **mIoU** = the mean of the IoU_i, **oIoU** = Σ_i |P_i ∩ G_i| / Σ_i |P_i ∪ G_i| (large objects weigh
+more), and **precision@k** = the share of samples with IoU_i > k.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "confusion_matrix", "grouped_accuracy", "iou_per_class", "mean_iou"]
+__all__ = ["PRECISION_THRESHOLDS", "accuracy", "confusion_matrix", "grouped_accuracy", "iou_per_class",
+           "mean_iou", "referring_scores", "sample_iou"]
+
+PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # precision@k, as in LAVT's tables
 
 
 def confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int) -> Tensor:
@@ -64,3 +72,27 @@ def grouped_accuracy(predictions: Tensor, targets: Tensor, groups: Tensor, num_g
     hits = torch.bincount(groups, weights=correct, minlength=num_groups)
     sizes = torch.bincount(groups, minlength=num_groups).double()
     return torch.where(sizes > 0, hits / sizes.clamp(min=1), torch.nan)
+
+
+def _intersection_union(predictions: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample ``(b,)``: |P ∩ G| and |P ∪ G| of boolean masks ``(b, H, W)``."""
+    if predictions.shape != targets.shape or predictions.ndim != 3:
+        raise ValueError(f"expected predicted and target masks of one shape (b, H, W), got "
+                         f"{tuple(predictions.shape)} and {tuple(targets.shape)}")
+    predictions, targets = predictions.bool().flatten(1), targets.bool().flatten(1)
+    return (predictions & targets).sum(1).double(), (predictions | targets).sum(1).double()
+
+
+def sample_iou(predictions: Tensor, targets: Tensor) -> Tensor:
+    """IoU_i of each predicted mask with its target ``(b,)``; an empty union counts as 0."""
+    intersection, union = _intersection_union(predictions, targets)
+    return torch.where(union > 0, intersection / union.clamp(min=1), 0.0)
+
+
+def referring_scores(predictions: Tensor, targets: Tensor,
+                     thresholds: tuple[float, ...] = PRECISION_THRESHOLDS) -> dict[str, float]:
+    """``miou`` (mean of per-sample IoUs), ``oiou`` (ΣI / ΣU) and ``precision@k`` for each threshold."""
+    intersection, union = _intersection_union(predictions, targets)
+    ious = sample_iou(predictions, targets)
+    scores = {"miou": ious.mean().item(), "oiou": (intersection.sum() / union.sum().clamp(min=1)).item()}
+    return scores | {f"precision@{k}": (ious > k).double().mean().item() for k in thresholds}

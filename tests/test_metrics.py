@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from fusion_edu.metrics import accuracy, confusion_matrix, grouped_accuracy, iou_per_class, mean_iou
+from fusion_edu.metrics import (
+    accuracy,
+    confusion_matrix,
+    grouped_accuracy,
+    iou_per_class,
+    mean_iou,
+    referring_scores,
+    sample_iou,
+)
 
 TARGETS = torch.tensor([[0, 0, 1], [1, 2, 2]])
 PREDICTIONS = torch.tensor([[0, 1, 1], [1, 2, 0]])
@@ -47,3 +55,25 @@ def test_metric_errors_name_shapes_and_ranges():
         confusion_matrix(PREDICTIONS.clamp(max=1), TARGETS, num_classes=2)
     with pytest.raises(ValueError, match="must have the same shape"):
         grouped_accuracy(PREDICTIONS, TARGETS, torch.zeros(3), num_groups=1)
+
+
+def test_referring_scores_mean_iou_is_per_sample_overall_iou_is_pooled():
+    targets = torch.zeros(3, 4, 4, dtype=torch.bool)
+    predictions = torch.zeros_like(targets)
+    targets[0, :2, :] = True  # 8 pixels, predicted exactly: IoU 1
+    predictions[0, :2, :] = True
+    targets[1, 0, 0] = True  # 1 pixel, missed; 1 wrong pixel predicted: IoU 0
+    predictions[1, 3, 3] = True
+    targets[2, :, :2] = True  # 8 pixels, half found: IoU 4 / 8
+    predictions[2, :2, :2] = True
+    expected = torch.tensor([1.0, 0.0, 0.5], dtype=torch.double)
+    torch.testing.assert_close(sample_iou(predictions, targets), expected)
+    scores = referring_scores(predictions, targets)
+    assert scores["miou"] == pytest.approx(0.5)
+    assert scores["oiou"] == pytest.approx((8 + 0 + 4) / (8 + 2 + 8))  # the large objects weigh more
+    assert scores["precision@0.5"] == pytest.approx(1 / 3)  # strictly above 0.5
+    assert scores["precision@0.9"] == pytest.approx(1 / 3)
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert sample_iou(empty, empty).item() == 0.0  # an empty union counts as 0
+    with pytest.raises(ValueError, match=r"one shape \(b, H, W\), got \(3, 4, 4\) and \(3, 8, 8\)"):
+        referring_scores(predictions, torch.zeros(3, 8, 8, dtype=torch.bool))
