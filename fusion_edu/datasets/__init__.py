@@ -32,6 +32,13 @@ from .pointcloud import (
     load_pointcloud_scenes,
     validate_pointcloud,
 )
+from .referring import (
+    REFERRING_SPLIT_SIZES,
+    ReferringConfig,
+    generate_referring_scenes,
+    load_referring_scenes,
+    validate_referring,
+)
 from .rgbd import (
     CLASSES,
     SPLIT_SIZES,
@@ -55,6 +62,7 @@ __all__ = [
     "MULTISCALE_SPLIT_SIZES",
     "OBJECTS",
     "POINTCLOUD_SPLIT_SIZES",
+    "REFERRING_SPLIT_SIZES",
     "SHAPES",
     "SOUNDS",
     "SPLIT_SIZES",
@@ -64,16 +72,19 @@ __all__ = [
     "MultiScaleConfig",
     "PointCloudConfig",
     "RGBDConfig",
+    "ReferringConfig",
     "cache_dir",
     "cached",
     "corrupted_patches",
     "generate_audiovisual_clips",
     "generate_multiscale_images",
     "generate_pointcloud_scenes",
+    "generate_referring_scenes",
     "generate_rgbd_scenes",
     "load_audiovisual_clips",
     "load_multiscale_images",
     "load_pointcloud_scenes",
+    "load_referring_scenes",
     "load_rgbd_scenes",
     "log_mel_spectrogram",
     "mel_filterbank",
@@ -82,5 +93,6 @@ __all__ = [
     "validate_audiovisual",
     "validate_multiscale",
     "validate_pointcloud",
+    "validate_referring",
     "validate_rgbd",
 ]

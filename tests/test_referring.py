@@ -1,0 +1,102 @@
+import re
+
+import pytest
+import torch
+
+from fusion_edu.datasets.referring import (
+    COLOURS,
+    EXPRESSION_TYPES,
+    VOCABULARY,
+    ReferringConfig,
+    _Object,
+    generate_referring_scenes,
+    load_referring_scenes,
+    resolve,
+    scene_objects,
+    tokenize,
+    validate_referring,
+)
+
+MARGIN = ReferringConfig().relation_margin
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate_referring_scenes(300, [5, 0])
+
+
+def test_generation_is_deterministic_and_seeded(scenes):
+    again = generate_referring_scenes(300, [5, 0])
+    assert again["expression"] == scenes["expression"]
+    assert all(torch.equal(scenes[key], again[key]) for key in scenes if key != "expression")
+    other = generate_referring_scenes(300, [6, 0])
+    assert other["expression"] != scenes["expression"]
+
+
+def test_every_expression_picks_out_exactly_its_target(scenes):
+    for index, expression in enumerate(scenes["expression"]):
+        objects = scene_objects(scenes, index)
+        assert resolve(expression, objects, MARGIN) == [scenes["target"][index].item()], expression
+
+
+def test_the_mask_is_the_targets_pixels_in_the_targets_colour(scenes):
+    image = scenes["image"].float() / 255
+    for index in range(0, 300, 7):
+        target = scenes["target"][index]
+        paint = torch.tensor(COLOURS[list(COLOURS)[scenes["object_colour"][index, target]]])
+        inside = image[index][:, scenes["mask"][index]]  # 3 pixels
+        assert inside.shape[1] > 0
+        assert (inside - paint[:, None]).abs().max() <= ReferringConfig().colour_jitter + 1 / 255
+
+
+def test_all_expression_types_occur_and_relations_need_their_anchor(scenes):
+    counts = torch.bincount(scenes["expression_type"], minlength=len(EXPRESSION_TYPES))
+    assert (counts > 0.15 * len(scenes["image"])).all(), counts
+    for index, expression in enumerate(scenes["expression"]):
+        if EXPRESSION_TYPES[scenes["expression_type"][index]] == "relation":
+            head = re.split(r" (?:left of|right of|above|below) ", expression)[0]
+            assert len(resolve(head, scene_objects(scenes, index), MARGIN)) >= 2, expression
+
+
+def test_resolve_reads_the_grammar_on_a_scene_built_by_hand():
+    objects = [_Object("circle", "red", "small", 10, 30, 5), _Object("circle", "green", "large", 50, 30, 11),
+               _Object("square", "blue", "large", 30, 50, 11)]
+    assert resolve("the circle", objects, MARGIN) == [0, 1]
+    assert resolve("the red circle", objects, MARGIN) == [0]
+    assert resolve("the circle left of the blue square", objects, MARGIN) == [0]
+    assert resolve("the circle right of the square", objects, MARGIN) == [1]
+    assert resolve("the circle above the square", objects, MARGIN) == [0, 1]  # both: not a referring one
+    assert resolve("the largest circle", objects, MARGIN) == [1]
+    assert resolve("the largest object", objects, MARGIN) == []  # two large objects: no clear winner
+    assert resolve("the lowest object", objects, MARGIN) == [2]
+    with pytest.raises(ValueError, match="starts with 'the'"):
+        resolve("a circle", objects, MARGIN)
+
+
+def test_tokenize_pads_masks_and_maps_unknown_words():
+    ids, mask = tokenize(["the red circle", "the Circle left of the blue square"], max_words=8)
+    index = {word: i for i, word in enumerate(VOCABULARY)}
+    assert ids[0].tolist() == [index["the"], index["red"], index["circle"]] + [index["<pad>"]] * 5
+    assert mask.sum(1).tolist() == [3, 7] and not mask[0, 3:].any()
+    assert ids[1, 1] == index["circle"]  # lower-cased
+    with pytest.warns(UserWarning, match=r"mapped to <unk>: \['purple'\]"):
+        unknown, _ = tokenize(["the purple circle"])
+    assert unknown[0, 1] == index["<unk>"]
+    with pytest.raises(ValueError, match="expression 1 is empty"):
+        tokenize(["the circle", "  "])
+    with pytest.raises(ValueError, match="4 words, more than max_words = 3"):
+        tokenize(["the small red circle"], max_words=3)
+
+
+def test_load_caches_and_validates(tmp_cache):
+    first = load_referring_scenes("val", num_scenes=20)
+    assert any(tmp_cache.glob("referring-val-*.pt"))
+    again = load_referring_scenes("val", num_scenes=20)
+    assert again["expression"] == first["expression"] and torch.equal(again["mask"], first["mask"])
+    broken = {**first, "mask": first["mask"][:, :10]}
+    with pytest.raises(ValueError, match=r"one bool mask \(n, H, W\) = \(20, 64, 64\) per image"):
+        validate_referring(broken)
+    with pytest.raises(ValueError, match="one expression per image"):
+        validate_referring({**first, "expression": first["expression"][:3]})
+    with pytest.raises(ValueError, match="min_objects <= max_objects"):
+        generate_referring_scenes(2, 0, ReferringConfig(min_objects=3, max_objects=2))
