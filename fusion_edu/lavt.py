@@ -1,0 +1,149 @@
+"""LAVT: Language-Aware Vision Transformer, Yang et al., CVPR 2022 (notebook 07, in progress).
+
+Referring image segmentation: an image and an expression in, the mask of the object the expression
+names out.  LAVT fuses language *inside* the vision encoder, after every stage i of a hierarchical
+(Swin-like) encoder with visual features V_i:
+
+    F_i = PWAM(V_i, L)                     pixel-word attention (Sec. 3.2, Eqs. 1-7)
+    S_i = gate(F_i)                        the language gate, Linear-ReLU-Linear-Tanh (Sec. 3.3, Eq. 8)
+    E_i = S_i ⊙ F_i + V_i                  the language pathway (Eq. 9): E_i feeds stage i + 1
+
+and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here so far: PWAM, the gate, the
+decoder and the class-weighted loss; the text encoders and the hierarchical encoder follow.
+
+**PWAM**, following the official code's layer choices (yz93/LAVT-RIS): the visual projection is a 1×1
+convolution + GELU on V_i; the queries a 1×1 convolution + instance norm of the pixels; the keys and
+values 1×1 convolutions of the words, **zeroed at padding**, with the padding also masked out of the
+softmax; scaled dot-product attention gives each pixel a language feature G_i; its output goes through
+a 1×1 convolution + instance norm, multiplies the visual projection element-wise, and a final 1×1
+convolution + GELU gives F_i.  Padding words therefore cannot change F_i (tested).
+
+**The gate's initialisation.**  The official code zero-initialises *both* of the gate's linear layers
+(the paper: "so the gate starts closed").  Those two lines never took effect there — a later weight
+initialisation overwrote them (yz93/LAVT-RIS issue #15, confirmed by the author) — and they could not
+have worked: with both weights zero, ReLU(0) = 0 feeds the second layer and the second layer's zero
+weights feed the first, so **both gradients are exactly zero and the gate stays closed forever**
+(issue #25; tested below).  We zero only the *last* layer: the gate starts closed, tanh(0) = 0, and the
+last layer still receives a gradient through the (random) first one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = ["LOSS_CLASS_WEIGHTS", "PWAM", "LanguageGate", "MaskDecoder", "language_pathway",
+           "referring_loss"]
+
+LOSS_CLASS_WEIGHTS = (0.9, 1.1)  # background, target: the official code's class-weighted cross-entropy
+MASKED_LOGIT = -1e4  # added to the attention logits of padding words (the official code's constant)
+
+
+def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv1d:
+    """A 1×1 convolution over pixels or words laid out as ``(b c n)``."""
+    return nn.Conv1d(in_channels, out_channels, kernel_size=1)
+
+
+class PWAM(nn.Module):
+    """Pixel-word attention (Sec. 3.2, Eqs. 1-7): visual features ``(b n c_v)`` (n = h·w pixels),
+    word features ``(b t c_l)`` and their padding mask ``(b t)`` (True on real words) -> multimodal
+    features ``(b n c_v)``, and the pixel-word attention weights ``(b heads n t)``."""
+
+    def __init__(self, visual_dim: int, language_dim: int, key_dim: int | None = None, num_heads: int = 1
+                 ) -> None:
+        super().__init__()
+        key_dim = key_dim or visual_dim
+        if key_dim % num_heads:
+            raise ValueError(f"key_dim ({key_dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.visual_projection = nn.Sequential(_conv1x1(visual_dim, visual_dim), nn.GELU())  # V_i projected
+        self.query = nn.Sequential(_conv1x1(visual_dim, key_dim), nn.InstanceNorm1d(key_dim))  # from pixels
+        self.key = _conv1x1(language_dim, key_dim)  # from words
+        self.value = _conv1x1(language_dim, visual_dim)  # from words
+        self.attention_output = nn.Sequential(_conv1x1(visual_dim, visual_dim), nn.InstanceNorm1d(visual_dim))
+        self.fused_projection = nn.Sequential(_conv1x1(visual_dim, visual_dim), nn.GELU())
+
+    def forward(self, visual: Tensor, words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor]:
+        if word_mask.shape != words.shape[:2] or word_mask.dtype != torch.bool:
+            raise ValueError(f"expected a bool word mask of shape {tuple(words.shape[:2])}, got "
+                             f"{word_mask.dtype} {tuple(word_mask.shape)}")
+        pixels = rearrange(visual, "b n c -> b c n")
+        words = rearrange(words, "b t c -> b c t")
+        keep = word_mask[:, None, :].to(words.dtype)  # b 1 t: zero the padding's keys and values
+        query = self.query(pixels)  # b k n
+        key, value = self.key(words) * keep, self.value(words) * keep  # b k t, b c_v t
+        heads = self.num_heads
+        query, key, value = (rearrange(x, "b (h d) n -> b h n d", h=heads) for x in (query, key, value))
+        logits = query @ key.transpose(-1, -2) * (self.key_dim // self.num_heads) ** -0.5  # b h n t
+        logits = logits + MASKED_LOGIT * (~word_mask)[:, None, None, :]  # padding out of the softmax
+        weights = logits.softmax(dim=-1)
+        language = rearrange(weights @ value, "b h n d -> b (h d) n")  # G_i: one language feature per pixel
+        language = self.attention_output(language)
+        fused = self.fused_projection(self.visual_projection(pixels) * language)  # V_i ⊙ G_i, then 1×1
+        return rearrange(fused, "b c n -> b n c"), weights
+
+
+class LanguageGate(nn.Module):
+    """The gate S_i = tanh(W_2 ReLU(W_1 F_i)) (Eq. 8), per pixel and channel; no biases.  W_2 starts at
+    zero, so the gate starts closed and still learns (see the module docstring); ``zero_both=True``
+    reproduces the official code's intended initialisation, under which it never opens."""
+
+    def __init__(self, dim: int, zero_both: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(),
+                                    nn.Linear(dim, dim, bias=False), nn.Tanh())
+        nn.init.zeros_(self.layers[2].weight)
+        if zero_both:
+            nn.init.zeros_(self.layers[0].weight)
+
+    def forward(self, fused: Tensor) -> Tensor:
+        return self.layers(fused)
+
+
+def language_pathway(visual: Tensor, fused: Tensor, gate: LanguageGate) -> tuple[Tensor, Tensor]:
+    """Eq. 9: E_i = S_i ⊙ F_i + V_i, the features the next stage reads; returns E_i and the gate S_i."""
+    if visual.shape != fused.shape:
+        raise ValueError(f"V_i and F_i must have one shape, got {tuple(visual.shape)} and "
+                         f"{tuple(fused.shape)}")
+    opening = gate(fused)
+    return visual + opening * fused, opening
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class MaskDecoder(nn.Module):
+    """The light decoder (Eq. 10): from the coarsest F_4 up, upsample bilinearly to the next finer map,
+    concatenate F_i, two 3×3 conv-BN-ReLU; a 1×1 convolution to two classes (background, target), and
+    bilinear upsampling to the input size.  ``dims``: the channels of F_1..F_4, finest first."""
+
+    def __init__(self, dims: Sequence[int], hidden_dim: int) -> None:
+        super().__init__()
+        coarse = [dims[-1], *[hidden_dim] * (len(dims) - 2)]
+        self.stages = nn.ModuleList(
+            nn.Sequential(_conv_bn_relu(above + finer, hidden_dim), _conv_bn_relu(hidden_dim, hidden_dim))
+            for above, finer in zip(coarse, reversed(dims[:-1]), strict=True))
+        self.classifier = nn.Conv2d(hidden_dim, 2, kernel_size=1)
+
+    def forward(self, features: Sequence[Tensor], output_size: tuple[int, int]) -> Tensor:
+        """``features``: F_1..F_4 as ``(b c_i h_i w_i)``, finest first -> logits ``(b 2 H W)``."""
+        x = features[-1]
+        for stage, finer in zip(self.stages, reversed(features[:-1]), strict=True):
+            x = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=True)
+            x = stage(torch.cat([x, finer], dim=1))
+        return F.interpolate(self.classifier(x), size=output_size, mode="bilinear", align_corners=True)
+
+
+def referring_loss(logits: Tensor, mask: Tensor) -> Tensor:
+    """The official code's class-weighted cross-entropy: ``logits (b 2 H W)``, ``mask (b H W)`` bool."""
+    if logits.shape[0] != mask.shape[0] or logits.shape[2:] != mask.shape[1:] or logits.shape[1] != 2:
+        raise ValueError(f"expected logits (b, 2, H, W) matching the mask (b, H, W), got "
+                         f"{tuple(logits.shape)} and {tuple(mask.shape)}")
+    weights = torch.tensor(LOSS_CLASS_WEIGHTS, dtype=logits.dtype, device=logits.device)
+    return F.cross_entropy(logits, mask.long(), weight=weights)
