@@ -8,8 +8,11 @@ names out.  LAVT fuses language *inside* the vision encoder, after every stage i
     S_i = gate(F_i)                        the language gate, Linear-ReLU-Linear-Tanh (Sec. 3.3, Eq. 8)
     E_i = S_i ⊙ F_i + V_i                  the language pathway (Eq. 9): E_i feeds stage i + 1
 
-and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here so far: PWAM, the gate, the
-decoder and the class-weighted loss; the text encoders and the hierarchical encoder follow.
+and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here: PWAM, the gate, the decoder,
+the class-weighted loss, a small text transformer trained from scratch, and the whole model on timm's
+Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.  Still to
+come (issue 7): the pretrained BERT-family text encoder behind the same interface, training, the
+notebook.
 
 **PWAM**, following the official code's layer choices (yz93/LAVT-RIS): the visual projection is a 1×1
 convolution + GELU on V_i; the queries a 1×1 convolution + instance norm of the pixels; the keys and
@@ -29,18 +32,23 @@ last layer still receives a gradient through the (random) first one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from timm.models.swin_transformer import SwinTransformer
 from torch import Tensor, nn
 
-__all__ = ["LOSS_CLASS_WEIGHTS", "PWAM", "LanguageGate", "MaskDecoder", "language_pathway",
-           "referring_loss"]
+from .blocks import LAYER_NORM_EPS, Block, ModelOutput
+
+__all__ = ["FUSIONS", "LAVT", "LOSS_CLASS_WEIGHTS", "PWAM", "LAVTOutput", "LanguageGate", "MaskDecoder",
+           "TextTransformer", "language_pathway", "referring_loss"]
 
 LOSS_CLASS_WEIGHTS = (0.9, 1.1)  # background, target: the official code's class-weighted cross-entropy
 MASKED_LOGIT = -1e4  # added to the attention logits of padding words (the official code's constant)
+FUSIONS = ("pwam", "late")  # language inside every stage (LAVT), or only before the decoder (baseline)
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv1d:
@@ -147,3 +155,93 @@ def referring_loss(logits: Tensor, mask: Tensor) -> Tensor:
                          f"{tuple(logits.shape)} and {tuple(mask.shape)}")
     weights = torch.tensor(LOSS_CLASS_WEIGHTS, dtype=logits.dtype, device=logits.device)
     return F.cross_entropy(logits, mask.long(), weight=weights)
+
+
+class TextTransformer(nn.Module):
+    """The from-scratch text encoder: word embeddings + learned positions, pre-norm transformer layers
+    whose attention never reads padding; ids ``(b t)`` and mask ``(b t)`` -> word features ``(b t d)``."""
+
+    def __init__(self, vocabulary_size: int, dim: int, depth: int, num_heads: int, max_words: int) -> None:
+        super().__init__()
+        self.words = nn.Embedding(vocabulary_size, dim)
+        self.positions = nn.Parameter(torch.zeros(1, max_words, dim))
+        nn.init.trunc_normal_(self.positions, std=0.02)
+        self.layers = nn.ModuleList(Block(dim, num_heads, mlp_ratio=2.0) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+
+    def forward(self, ids: Tensor, word_mask: Tensor) -> Tensor:
+        if ids.shape[1] > self.positions.shape[1]:
+            raise ValueError(f"at most {self.positions.shape[1]} words, got {ids.shape[1]}")
+        x = self.words(ids) + self.positions[:, :ids.shape[1]]
+        attend = word_mask[:, None, None, :]  # b 1 1 t: every word reads the real words only
+        for layer in self.layers:
+            x, _ = layer(x, attn_mask=attend)
+        return self.norm(x)
+
+
+@dataclass
+class LAVTOutput(ModelOutput):
+    """``logits (b 2 H W)``; per stage the pixel-word attention ``(b heads n t)``, and per gated stage
+    (all but the last) the gate's mean opening (LAVT only)."""
+
+    word_attention: list[Tensor] | None = None
+    gate_openings: list[Tensor] | None = None
+
+
+class LAVT(nn.Module):
+    """A hierarchical encoder (timm's Swin stages: patch merging between stages, windowed attention), a
+    text encoder, and language fused by PWAM + the gated pathway after every stage (``fusion="pwam"``),
+    or, as the **late-fusion baseline** (``fusion="late"``), the same encoder without PWAM and the
+    sentence (the mean of its word features) multiplied into each stage's features for the decoder only.
+
+    Inputs: ``image (b 3 H W)`` floats, ``words (b t)`` ids, ``word_mask (b t)``.
+    """
+
+    def __init__(self, vocabulary_size: int, max_words: int, fusion: str = "pwam", image_size: int = 64,
+                 patch_size: int = 4, embed_dim: int = 32, depths: Sequence[int] = (1, 1, 1, 1),
+                 num_heads: Sequence[int] = (1, 2, 4, 8), window_size: int = 4, text_dim: int = 64,
+                 text_depth: int = 2, decoder_dim: int = 32) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
+        swin = SwinTransformer(img_size=image_size, patch_size=patch_size, num_classes=0, embed_dim=embed_dim,
+                               depths=tuple(depths), num_heads=tuple(num_heads), window_size=window_size)
+        self.patch_embed, self.stages = swin.patch_embed, swin.layers
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.text = TextTransformer(vocabulary_size, text_dim, text_depth, num_heads=4, max_words=max_words)
+        if fusion == "pwam":
+            self.pwams = nn.ModuleList(PWAM(dim, text_dim) for dim in dims)
+            # E_i feeds stage i + 1: the last stage has none to feed (the official code's last gate is
+            # computed and never read, so its weights never learn)
+            self.gates = nn.ModuleList(LanguageGate(dim) for dim in dims[:-1])
+        else:
+            self.sentence_projections = nn.ModuleList(nn.Linear(text_dim, dim) for dim in dims)
+        # the official code normalises each stage's output for the decoder
+        self.output_norms = nn.ModuleList(nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for dim in dims)
+        self.decoder = MaskDecoder(dims, decoder_dim)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> LAVTOutput:
+        mask = inputs["word_mask"]
+        words = self.text(inputs["words"], mask)  # b t d_l
+        x = self.patch_embed(inputs["image"])  # b h w c
+        features, attention, openings = [], [], []
+        for index, stage in enumerate(self.stages):
+            visual = stage(x)  # b h w c: V_i
+            height, width = visual.shape[1:3]
+            flat = rearrange(visual, "b h w c -> b (h w) c")
+            if self.fusion == "pwam":
+                fused, weights = self.pwams[index](flat, words, mask)  # F_i
+                attention.append(weights)
+                if index < len(self.gates):
+                    combined, opening = language_pathway(flat, fused, self.gates[index])  # E_i
+                    openings.append(opening.mean())
+                    x = rearrange(combined, "b (h w) c -> b h w c", h=height)
+            else:
+                sentence = (words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # b d_l
+                fused = flat * self.sentence_projections[index](sentence)[:, None]  # language for the decoder
+                x = visual
+            fused = self.output_norms[index](fused)
+            features.append(rearrange(fused, "b (h w) c -> b c h w", h=height, w=width))
+        logits = self.decoder(features, inputs["image"].shape[-2:])
+        return LAVTOutput(logits=logits, word_attention=attention or None, gate_openings=openings or None)

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_edu.lavt import PWAM, LanguageGate, MaskDecoder, language_pathway, referring_loss
+from fusion_edu.datasets.referring import MAX_WORDS, VOCABULARY, tokenize
+from fusion_edu.lavt import FUSIONS, LAVT, PWAM, LanguageGate, MaskDecoder, language_pathway, referring_loss
 from fusion_edu.train import seeded
 
 
@@ -95,3 +96,45 @@ def test_referring_loss_is_class_weighted_cross_entropy():
     torch.testing.assert_close(referring_loss(logits, mask), (per_pixel * weights).sum() / weights.sum())
     with pytest.raises(ValueError, match=r"logits \(b, 2, H, W\) matching the mask"):
         referring_loss(logits, mask[:, :2])
+
+
+def _referring_batch():
+    expressions = ["the red circle", "the square left of the blue triangle"]
+    ids, mask = tokenize(expressions, max_words=MAX_WORDS)
+    with seeded(0):
+        image = torch.rand(2, 3, 64, 64)
+    return {"image": image, "words": ids, "word_mask": mask}
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_lavt_forward_shapes_and_padding_invariance(fusion):
+    with seeded(0):
+        model = LAVT(len(VOCABULARY), MAX_WORDS, fusion=fusion).eval()
+    batch = _referring_batch()
+    output = model(batch)
+    assert output.logits.shape == (2, 2, 64, 64)
+    garbage = batch["words"].clone()
+    garbage[~batch["word_mask"]] = VOCABULARY.index("circle")  # real words hidden in the padding slots
+    again = model({**batch, "words": garbage})
+    torch.testing.assert_close(again.logits, output.logits)
+    if fusion == "pwam":
+        assert [w.shape[2] for w in output.word_attention] == [256, 64, 16, 4]  # pixels per stage
+        assert all(opening == 0 for opening in output.gate_openings)  # the gates start closed
+    else:
+        assert output.word_attention is None and not hasattr(model, "pwams")
+
+
+def test_lavt_gates_learn_from_the_mask_loss():
+    with seeded(0):
+        model = LAVT(len(VOCABULARY), MAX_WORDS)
+    batch = _referring_batch()
+    target = torch.zeros(2, 64, 64, dtype=torch.bool)
+    target[:, 20:40, 20:40] = True
+    referring_loss(model(batch).logits, target).backward()
+    assert len(model.gates) == 3  # stages 1-3 feed the next stage; the last feeds none
+    assert all(gate.layers[2].weight.grad.abs().sum() > 0 for gate in model.gates)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        LAVT(len(VOCABULARY), MAX_WORDS, fusion="early")
+    with pytest.raises(ValueError, match=f"at most {MAX_WORDS} words, got {MAX_WORDS + 1}"):
+        too_long = torch.zeros(1, MAX_WORDS + 1, dtype=torch.long)
+        model.text(too_long, too_long == 0)
