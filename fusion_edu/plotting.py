@@ -24,6 +24,7 @@ __all__ = [
     "plot_cls_cross_attention",
     "plot_history",
     "plot_point_substitution",
+    "plot_referring",
     "plot_segmentations",
     "plot_token_scores",
     "show_rgbd_scene",
@@ -31,6 +32,7 @@ __all__ = [
 
 HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* records -> axis label
 PANEL_INCHES = 2.2  # width and height of one image panel
+PANELS_PER_ROW = 6  # a figure with more panels wraps onto further rows
 SCORE_FLOOR = 1e-3  # lowest token score a log colour scale shows
 _PALETTE = ["#202020", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
             "#f032e6", "#bfef45", "#fabed4"]
@@ -300,4 +302,38 @@ def plot_point_substitution(image: Tensor, points: Tensor, seeds: Tensor, scores
     outline_patches(picture, used, patch_size)
     picture.set(xticks=[], yticks=[])
     picture.set_title(f"image patches read: {int(used.sum())}", fontsize=9)
+    return fig
+
+
+def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence[str], word_attention: Tensor,
+                   gate_openings: Sequence[float], stage: int) -> Figure:
+    """The LAVT widget callback: the scene with the predicted mask, each word's pixel attention at
+    ``stage`` (1-4, the attention of every pixel on that word, heads averaged), and the gates' mean
+    opening per stage.  ``image (3, H, W)``, ``mask (H, W)`` bool, ``word_attention (t, h, w)`` for the
+    ``t`` real ``words``."""
+    if mask.shape != image.shape[1:]:
+        raise ValueError(f"expected a mask of the image's size {tuple(image.shape[1:])}, "
+                         f"got {tuple(mask.shape)}")
+    if len(words) != len(word_attention):
+        raise ValueError(f"expected one attention map per word ({len(words)}), got {len(word_attention)}")
+    count = 2 + len(words)
+    fig, axes = _panels(count, rows=-(-count // PANELS_PER_ROW))
+    axes = axes.ravel()
+    axes[0].imshow(_rgb(image))
+    axes[0].imshow(np.ma.masked_where(~mask.cpu().numpy(), mask.cpu().numpy()), cmap="cool", alpha=0.6,
+                   vmin=0, vmax=1)
+    axes[0].set_title(f'"{expression}"', fontsize=8)
+    size = image.shape[1:]
+    for ax, word, weights in zip(axes[1:count - 1], words, word_attention, strict=True):
+        ax.imshow(_rgb(image), alpha=0.35)
+        upsampled = torch.nn.functional.interpolate(weights[None, None].float(), size=size, mode="nearest")
+        ax.imshow(upsampled[0, 0].cpu().numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
+        ax.set_title(f"{word!r}, stage {stage}", fontsize=8)
+    bars = axes[count - 1]
+    stages = range(1, len(gate_openings) + 1)
+    bars.bar(stages, gate_openings, color="tab:green")
+    bars.set(xticks=stages, xlabel="stage", ylim=(0, max(0.05, *gate_openings) * 1.2))
+    bars.set_title("gate opening mean |S_i|", fontsize=8)
+    for ax in axes[count:]:
+        ax.set_visible(False)
     return fig

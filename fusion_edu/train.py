@@ -123,16 +123,26 @@ def _to(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
+def _cross_entropy(logits: Tensor, target: Tensor, class_weights: tuple[float, ...] | None) -> Tensor:
+    """Cross-entropy of ``logits (b k ...)`` against ``target (b ...)``, shapes checked first."""
+    if logits.shape[:1] + logits.shape[2:] != target.shape:
+        raise ValueError(f"expected targets of shape {(logits.shape[0], *logits.shape[2:])} for logits "
+                         f"{tuple(logits.shape)} (batch, classes, ...), got {tuple(target.shape)}")
+    weight = None if class_weights is None else torch.tensor(class_weights, device=logits.device)
+    return F.cross_entropy(logits.float(), target, weight=weight)
+
+
 def training_loss(output: Any, batch: Mapping[str, Tensor]) -> Tensor:
     """Task loss on the prediction (and on each modality's, if any; or, with ``mean_modality_loss``,
-    the mean over the modalities' only) plus the model's aux loss."""
-    target = batch[LABEL_KEY]
+    the mean over the modalities' only), class-weighted when the output says so, plus the model's aux
+    loss."""
+    target, weights = batch[LABEL_KEY], output.class_weights
     modality_logits = (output.modality_logits or {}).values()
-    per_modality = [F.cross_entropy(logits.float(), target) for logits in modality_logits]
+    per_modality = [_cross_entropy(logits, target, weights) for logits in modality_logits]
     if output.mean_modality_loss:
         loss = torch.stack(per_modality).mean()
     else:
-        loss = F.cross_entropy(output.logits.float(), target) + sum(per_modality)
+        loss = _cross_entropy(output.logits, target, weights) + sum(per_modality)
     if output.aux_loss is not None:
         loss = loss + output.aux_loss
     return loss

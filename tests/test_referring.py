@@ -7,10 +7,13 @@ from fusion_edu.datasets.referring import (
     COLOURS,
     EXPRESSION_TYPES,
     VOCABULARY,
+    WORD_SWAPS,
     ReferringConfig,
     _Object,
+    counterfactual_scenes,
     generate_referring_scenes,
     load_referring_scenes,
+    object_masks,
     resolve,
     scene_objects,
     tokenize,
@@ -100,3 +103,18 @@ def test_load_caches_and_validates(tmp_cache):
         validate_referring({**first, "expression": first["expression"][:3]})
     with pytest.raises(ValueError, match="min_objects <= max_objects"):
         generate_referring_scenes(2, 0, ReferringConfig(min_objects=3, max_objects=2))
+
+
+def test_counterfactual_edits_swap_one_word_and_name_exactly_one_other_object(scenes):
+    edited = counterfactual_scenes(scenes)
+    assert 0.5 * len(scenes["expression"]) < len(edited["expression"]) <= len(scenes["expression"])
+    for row, source in enumerate(edited["source"].tolist()):
+        before, after = scenes["expression"][source].split(), edited["expression"][row].split()
+        changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+        assert len(changed) == 1 and any(set(changed[0]) <= set(group) for group in WORD_SWAPS)
+        target = int(edited["target"][row])
+        assert resolve(edited["expression"][row], scene_objects(scenes, source), MARGIN) == [target]
+        assert target != int(scenes["target"][source])
+        assert torch.equal(edited["mask"][row], object_masks(scenes, source)[target])
+        assert torch.equal(edited["image"][row], scenes["image"][source])
+    assert torch.equal(object_masks(scenes, 0)[scenes["target"][0]], scenes["mask"][0])

@@ -21,6 +21,10 @@ exactly one object of the scene satisfies it, the target.  Samples: ``image (n 3
 ``object_radius`` and ``target (n)``, the target's slot; ``scene_objects`` rebuilds a scene's objects
 from them, for ``resolve``.
 
+``counterfactual_scenes`` edits one word of each expression (a colour, a shape, a size, a direction) so
+that it names exactly one *other* object of the same scene, with that object's mask: what a model that
+reads the expression must follow.
+
 ``tokenize`` turns expressions into word ids of ``VOCABULARY`` (every word the grammar can produce, plus
 ``<pad>`` and ``<unk>``), padded to a fixed length, with the attention mask that marks the real words.
 """
@@ -46,9 +50,12 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "VOCABULARY",
+    "WORD_SWAPS",
     "ReferringConfig",
+    "counterfactual_scenes",
     "generate_referring_scenes",
     "load_referring_scenes",
+    "object_masks",
     "resolve",
     "scene_objects",
     "tokenize",
@@ -70,6 +77,9 @@ PAD, UNK = "<pad>", "<unk>"
 VOCABULARY = (PAD, UNK, "the", *SIZES, *COLOURS, *SHAPES, *NOUNS, "left", "right", "of", "above", "below",
               *SUPERLATIVES)
 MAX_WORDS = 12  # the longest expression the grammar makes has 9 words
+# words a counterfactual edit may swap for another of the same group
+WORD_SWAPS = (SIZES, tuple(COLOURS), SHAPES, ("left", "right"), ("above", "below"), ("leftmost", "rightmost"),
+              ("highest", "lowest"), ("largest", "smallest"))
 
 
 @dataclass(frozen=True)
@@ -313,6 +323,46 @@ def scene_objects(scenes: Mapping, index: int) -> list[_Object]:
     return [_Object(SHAPES[scenes["object_shape"][index, i]], colours[scenes["object_colour"][index, i]],
                     SIZES[scenes["object_size"][index, i]], *scenes["object_centre"][index, i].tolist(),
                     scenes["object_radius"][index, i].item()) for i in range(count)]
+
+
+def object_masks(scenes: Mapping, index: int) -> Tensor:
+    """The pixels ``(O H W)`` bool of each object of scene ``index``, in slot order."""
+    size = scenes["image"].shape[-1]
+    return torch.from_numpy(np.stack([_pixels(obj, size) for obj in scene_objects(scenes, index)]))
+
+
+def _one_word_edits(expression: str, objects: Sequence[_Object], target: int, margin: float
+                    ) -> list[tuple[str, int]]:
+    """``(edited expression, the object it names)`` for every one-word swap naming one other object."""
+    words, edits = expression.split(), []
+    for position, word in enumerate(words):
+        group = next((group for group in WORD_SWAPS if word in group), ())
+        for other in group:
+            edited = " ".join([*words[:position], other, *words[position + 1:]])
+            named = resolve(edited, objects, margin) if other != word else []
+            if len(named) == 1 and named[0] != target:
+                edits.append((edited, named[0]))
+    return edits
+
+
+def counterfactual_scenes(scenes: Mapping, config: ReferringConfig = ReferringConfig()) -> dict:
+    """For each scene whose expression has a one-word edit (``WORD_SWAPS``) naming exactly one other object
+    (checked by ``resolve``), the same scene with the first such edit: the edited ``expression``, the new
+    ``target`` and ``mask``, and ``source``, the scene's index in ``scenes``."""
+    validate_referring(scenes)
+    rows, expressions, targets = [], [], []
+    for index, expression in enumerate(scenes["expression"]):
+        edits = _one_word_edits(expression, scene_objects(scenes, index), int(scenes["target"][index]),
+                                config.relation_margin)
+        if edits:
+            rows.append(index)
+            expressions.append(edits[0][0])
+            targets.append(edits[0][1])
+    source = torch.tensor(rows, dtype=torch.long)
+    edited = {key: value[source] for key, value in scenes.items() if key != "expression"}
+    masks = [object_masks(scenes, row)[target] for row, target in zip(rows, targets, strict=True)]
+    return {**edited, "expression": expressions, "target": torch.tensor(targets), "mask": torch.stack(masks),
+            "source": source}
 
 
 def validate_referring(scenes: Mapping) -> None:
