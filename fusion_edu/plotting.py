@@ -56,8 +56,9 @@ def _panels(count: int, rows: int = 1) -> tuple[Figure, np.ndarray]:
 
 
 def _rgb(image: Tensor) -> np.ndarray:
-    """``(3, H, W)`` or ``(1, H, W)`` tensor -> array imshow understands."""
-    array = image.detach().cpu().float().numpy()
+    """``(3, H, W)`` or ``(1, H, W)`` tensor (floats, or uint8 in 0..255) -> array imshow understands."""
+    scale = 255 if image.dtype == torch.uint8 else 1
+    array = image.detach().cpu().float().numpy() / scale
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 

@@ -210,6 +210,7 @@ def test_the_explorer_callbacks_show_what_the_model_computes():
                             sample["word_attention"][0], sample["gate_openings"], stage=1)
     shown = [ax for ax in figure.axes if ax.get_visible()]
     assert len(shown) == 2 + len(sample["words"]) and shown[1].get_title() == f"{own.split()[0]!r}, stage 1"
+    assert shown[0].images[0].get_array().max() <= 1  # the uint8 scene is shown as it is, not clipped white
     plt.close(figure)
     image, words, attention, gates = scenes["image"][1], sample["words"], sample["word_attention"][0], [0.1]
     with pytest.raises(ValueError, match="one attention map per word"):
