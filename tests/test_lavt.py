@@ -217,3 +217,13 @@ def test_the_explorer_callbacks_show_what_the_model_computes():
         plot_referring(image, own, sample["mask"], words[:-1], attention, gates, stage=1)
     with pytest.raises(ValueError, match=r"mask of the image's size \(64, 64\)"):
         plot_referring(image, own, sample["mask"][:32], words, attention, gates, stage=1)
+
+
+def test_the_pretrained_encoder_fine_tunes_when_asked(minilm):
+    tuned = PretrainedTextEncoder(finetune=True).train()
+    assert tuned.encoder.training and all(p.requires_grad for p in tuned.parameters())
+    ids, mask = tuned.tokenize(["the red circle", "the blue square"])
+    tuned(ids, mask).sum().backward()
+    assert tuned.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert not tuned._remembered  # nothing is remembered: the features change as it trains
+    torch.testing.assert_close(tuned.eval()(ids, mask), minilm(ids, mask), atol=1e-5, rtol=1e-4)

@@ -118,3 +118,6 @@ def test_counterfactual_edits_swap_one_word_and_name_exactly_one_other_object(sc
         assert torch.equal(edited["mask"][row], object_masks(scenes, source)[target])
         assert torch.equal(edited["image"][row], scenes["image"][source])
     assert torch.equal(object_masks(scenes, 0)[scenes["target"][0]], scenes["mask"][0])
+    alone = {key: value[:1] for key, value in scenes.items() if key != "expression"}
+    with pytest.raises(ValueError, match="none of the 1 expressions has a one-word edit"):
+        counterfactual_scenes({**alone, "expression": ["the object left of the object"]})

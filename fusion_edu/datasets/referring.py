@@ -358,6 +358,9 @@ def counterfactual_scenes(scenes: Mapping, config: ReferringConfig = ReferringCo
             rows.append(index)
             expressions.append(edits[0][0])
             targets.append(edits[0][1])
+    if not rows:
+        raise ValueError(f"none of the {len(scenes['expression'])} expressions has a one-word edit that "
+                         "names exactly one other object")
     source = torch.tensor(rows, dtype=torch.long)
     edited = {key: value[source] for key, value in scenes.items() if key != "expression"}
     masks = [object_masks(scenes, row)[target] for row, target in zip(rows, targets, strict=True)]
