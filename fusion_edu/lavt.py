@@ -28,13 +28,14 @@ softmax; scaled dot-product attention gives each pixel a language feature G_i; i
 a 1×1 convolution + instance norm, multiplies the visual projection element-wise, and a final 1×1
 convolution + GELU gives F_i.  Padding words therefore cannot change F_i (tested).
 
-**The gate's initialisation.**  The official code zero-initialises *both* of the gate's linear layers
-(the paper: "so the gate starts closed").  Those two lines never took effect there — a later weight
-initialisation overwrote them (yz93/LAVT-RIS issue #15, confirmed by the author) — and they could not
-have worked: with both weights zero, ReLU(0) = 0 feeds the second layer and the second layer's zero
-weights feed the first, so **both gradients are exactly zero and the gate stays closed forever**
-(issue #25; tested below).  We zero only the *last* layer: the gate starts closed, tanh(0) = 0, and the
-last layer still receives a gradient through the (random) first one.
+**The gate's initialisation.**  The official code zero-initialises *both* of the gate's linear layers, so
+that no language flows into the visual features at the start of training.  Those two lines never took
+effect there: a later weight initialisation overwrote them (the author confirms it in yz93/LAVT-RIS
+issues #15 and #25).  And they could not have worked: with both weights zero, ReLU(0) = 0 feeds the
+second layer and the second layer's zero weights feed the first, so **both gradients are exactly zero
+and the gate stays closed forever** (tested in ``tests/test_lavt.py``).  We zero only the *last* layer:
+the gate starts closed, tanh(0) = 0, and the last layer still receives a gradient through the (random)
+first one.
 """
 
 from __future__ import annotations
