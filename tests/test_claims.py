@@ -31,6 +31,8 @@ from fusion_edu.tokenfusion import (
 from fusion_edu.train import TrainConfig, evaluate, fit, predict, seeded
 from fusion_edu.vit import VisionTransformer
 
+pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
+
 SEEDS = (0, 1, 2)
 TRAIN_SCENES, TEST_SCENES = 4000, 500
 RGB_ONLY, DEPTH_ONLY = VISIBILITY.index("rgb_only"), VISIBILITY.index("depth_only")

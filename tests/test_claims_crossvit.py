@@ -16,6 +16,8 @@ from fusion_edu.flops import count_flops
 from fusion_edu.recipes import crossvit_training, train_crossvit
 from fusion_edu.train import evaluate
 
+pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
+
 SEEDS = (0, 1, 2)
 MARGIN = 0.05  # accuracy by which CrossViT must beat the better single branch
 RUNS = {"S": dict(branch=0), "L": dict(branch=1), "cross": dict(fusion="cross_attention"),

@@ -27,6 +27,8 @@ from fusion_edu.lavt import PretrainedTextEncoder, predicted_masks, scores_by_ex
 from fusion_edu.metrics import sample_iou
 from fusion_edu.recipes import lavt_training, train_lavt
 
+pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
+
 SEEDS = (0, 1, 2)
 FUSIONS = {"LAVT": "pwam", "late": "late"}
 FOLLOW_SHARE = 0.8  # of the IoU on the original expressions

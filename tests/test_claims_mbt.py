@@ -23,6 +23,8 @@ from fusion_edu.flops import count_flops
 from fusion_edu.mbt import modality_accuracies
 from fusion_edu.recipes import MBT_MODES, MBT_SWEEP, mbt_training, train_mbt
 
+pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
+
 SEEDS = (0, 1, 2)
 MARGIN = 0.05  # accuracy by which a claimed winner must lead (chance is 0.25; 1,000 test clips)
 MATCH_TOLERANCE = 0.05  # "matches": about one seed-to-seed standard deviation of the same model

@@ -32,6 +32,8 @@ from fusion_edu.tokenfusion_heterogeneous import (
     object_detections,
 )
 
+pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
+
 SEEDS = (0, 1, 2)
 MARGIN = 0.05  # detection share by which the fused model must lead (about 3,000 test objects)
 WITH_POINTS = ("1-8", "9-32", "33+")
