@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,6 +16,9 @@ from torch import Tensor
 
 from .datasets.rgbd import validate_rgbd
 
+if TYPE_CHECKING:
+    from .course import Result
+
 __all__ = [
     "attention_heatmap",
     "draw_patch_grid",
@@ -23,6 +27,7 @@ __all__ = [
     "plot_attention_map",
     "plot_cls_cross_attention",
     "plot_history",
+    "plot_metric_vs_cost",
     "plot_point_substitution",
     "plot_referring",
     "plot_segmentations",
@@ -31,6 +36,9 @@ __all__ = [
 ]
 
 HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* records -> axis label
+COSTS = {"mflops": "MFLOPs per sample", "train_seconds": "training time (s)",
+         "params": "parameters"}  # Result field -> axis label
+TASKS_PER_ROW = 3
 PANEL_INCHES = 2.2  # width and height of one image panel
 PANELS_PER_ROW = 6  # a figure with more panels wraps onto further rows
 SCORE_FLOOR = 1e-3  # lowest token score a log colour scale shows
@@ -337,4 +345,33 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
     bars.set_title("gate opening mean |S_i|", fontsize=8)
     for ax in axes[count:]:
         ax.set_visible(False)
+    return fig
+
+
+def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figure:
+    """Each task's headline metric against a ``cost`` of ``COSTS`` (one panel per task, one labelled
+    point per model, the fusion-free baselines hollow): what each method buys, at what price."""
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {list(COSTS)}, got {cost!r}")
+    if not results:
+        raise ValueError("expected at least one Result to plot, got none")
+    tasks = list(dict.fromkeys(result.task for result in results))
+    rows, columns = math.ceil(len(tasks) / TASKS_PER_ROW), min(len(tasks), TASKS_PER_ROW)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), layout="constrained",
+                             squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        points = [result for result in results if result.task == task]
+        for index, row in enumerate(points):
+            colour = _PALETTE[1 + index % (len(_PALETTE) - 1)]
+            baseline = row.fuses.startswith("nothing")
+            ax.scatter(getattr(row, cost), row.value, s=40, color="none" if baseline else colour,
+                       edgecolors=colour, linewidths=1.5)
+            ax.annotate(row.model, (getattr(row, cost), row.value), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set(xlabel=COSTS[cost], ylabel=points[0].metric, title=f"{task} ({points[0].notebook})")
+        ax.title.set_fontsize(8)
+        ax.margins(x=0.3, y=0.15)
+        ax.set_xlim(left=0)
     return fig
