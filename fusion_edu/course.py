@@ -57,10 +57,22 @@ from .recipes import (
 from .tokenfusion_heterogeneous import PointImageTokenFusion, detection_targets, object_detections
 from .train import default_device, evaluate, fit_or_load, predict, seeded
 
-__all__ = ["EXPERIMENTS", "Experiment", "Result", "experiment_named", "load_results", "results_dir",
-           "results_table", "run_experiment", "save_results"]
+__all__ = [
+    "EXPERIMENTS",
+    "WHERE",
+    "Experiment",
+    "Result",
+    "experiment_named",
+    "load_results",
+    "results_dir",
+    "results_table",
+    "run_experiment",
+    "save_results",
+]
 
 RESULTS_FOLDER = "results"
+WHERE = {"none": "one modality (a baseline)", "input": "at the input tokens",
+         "inside": "inside the encoder, layer by layer", "output": "after the encoders (late fusion)"}
 LATE_FUSION_EPOCHS, LATE_FUSION_LR = 1, 0.05  # notebook 02: only the two ensemble weights are fitted
 
 
@@ -70,7 +82,8 @@ class Result:
 
     notebook: str  # "01" ... "07"
     model: str
-    fuses: str  # what meets what, and where ("nothing", "RGB and depth tokens, every layer", ...)
+    fuses: str  # what meets what ("nothing (one modality)", "RGB and depth tokens in one sequence", ...)
+    where: str  # where the modalities meet: one of WHERE
     task: str
     metric: str  # the task's headline metric on the test split
     value: float
@@ -80,6 +93,10 @@ class Result:
     device: str
     seed: int
     extra: dict[str, float] = field(default_factory=dict)  # other scores (missing modalities, ...)
+
+    def __post_init__(self) -> None:
+        if self.where not in WHERE:
+            raise ValueError(f"expected where in {list(WHERE)}, got {self.where!r}")
 
 
 def _seconds(*histories: Sequence[Mapping[str, float]]) -> float:
@@ -117,9 +134,9 @@ def _rgbd_singles(device: torch.device, seed: int, progress: bool, train: Mappin
     return models, histories
 
 
-def _rgbd_result(notebook: str, name: str, fuses: str, model: nn.Module, test: Mapping, seconds: float,
-                 device: torch.device, seed: int) -> Result:
-    return Result(notebook, name, fuses, RGBD_TASK, RGBD_METRIC, evaluate(model, test, device)["miou"],
+def _rgbd_result(notebook: str, name: str, fuses: str, where: str, model: nn.Module, test: Mapping,
+                 seconds: float, device: torch.device, seed: int) -> Result:
+    return Result(notebook, name, fuses, where, RGBD_TASK, RGBD_METRIC, evaluate(model, test, device)["miou"],
                   **_measure(model, _first(test)), train_seconds=seconds, device=device.type, seed=seed)
 
 
@@ -127,8 +144,8 @@ def vit_experiment(device: torch.device, seed: int, progress: bool) -> list[Resu
     """Notebook 01: a ViT per modality (RGB, depth), nothing fused."""
     train, val, test = _rgbd_data()
     models, histories = _rgbd_singles(device, seed, progress, train, val)
-    return [_rgbd_result("01", f"ViT, {modality} only", "nothing (one modality)", models[modality], test,
-                         _seconds(histories[modality]), device, seed) for modality in RGBD_CHANNELS]
+    return [_rgbd_result("01", f"ViT, {modality} only", "nothing (one modality)", "none", models[modality],
+                         test, _seconds(histories[modality]), device, seed) for modality in RGBD_CHANNELS]
 
 
 def concat_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
@@ -148,14 +165,13 @@ def concat_experiment(device: torch.device, seed: int, progress: bool) -> list[R
     with seeded(seed):
         input_fusion = InputFusion(RGBD_CHANNELS, **RGBD_VIT)
     input_history = fit_or_load("02_input_fusion", input_fusion, train, val, config, device, progress)
-    runs = (("late fusion", "logits only (a learned weighted sum)", late,
+    runs = (("late fusion", "logits only (a learned weighted sum)", "output", late,
              _seconds(late_history, *single_histories.values())),
-            ("token concatenation", "RGB and depth tokens in one sequence, every layer", concat,
+            ("token concatenation", "RGB and depth tokens in one sequence", "inside", concat,
              _seconds(concat_history)),
-            ("input fusion", "aligned patch tokens summed at the input", input_fusion,
-             _seconds(input_history)))
-    return [_rgbd_result("02", name, fuses, model, test, seconds, device, seed)
-            for name, fuses, model, seconds in runs]
+            ("input fusion", "aligned patch tokens summed", "input", input_fusion, _seconds(input_history)))
+    return [_rgbd_result("02", name, fuses, where, model, test, seconds, device, seed)
+            for name, fuses, where, model, seconds in runs]
 
 
 def tokenfusion_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
@@ -166,10 +182,10 @@ def tokenfusion_experiment(device: torch.device, seed: int, progress: bool) -> l
     tokenfusion, history = train_tokenfusion("03_tokenfusion", singles, train, val, config, progress=progress)
     control, control_history = train_tokenfusion("03_no_exchange", singles, train, val, config,
                                                  progress=progress, lambda_l1=0.0, substitution=False)
-    return [_rgbd_result("03", "TokenFusion", "low-score tokens substituted by the other modality's, "
-                         "every layer", tokenfusion, test, start + _seconds(history), device, seed),
+    return [_rgbd_result("03", "TokenFusion", "low-score tokens substituted by the other modality's",
+                         "inside", tokenfusion, test, start + _seconds(history), device, seed),
             _rgbd_result("03", "TokenFusion without exchange", "logits only (ensemble; the control)",
-                         control, test, start + _seconds(control_history), device, seed)]
+                         "output", control, test, start + _seconds(control_history), device, seed)]
 
 
 def point_image_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
@@ -178,14 +194,15 @@ def point_image_experiment(device: torch.device, seed: int, progress: bool) -> l
     train, test = (detection_targets(load_pointcloud_scenes(split), seeds, patch)
                    for split in ("train", "test"))
     results = []
-    runs = (("point-only", "point-only", False, "nothing (points alone)"),
+    runs = (("point-only", "point-only", False, "nothing (points alone)", "none"),
             ("TokenFusion, points + image", "fused", True,
-             "point tokens substituted by the image tokens they project to"))
-    for name, key, fusion, fuses in runs:
+             "point tokens substituted by the image tokens they project to", "inside"))
+    for name, key, fusion, fuses, where in runs:
         model, history = train_point_image(key, train, point_image_training(device, seed), fusion=fusion,
                                            progress=progress)
-        found = object_detections(model, test, device)
-        results.append(Result("04", name, fuses, "3-D detection (point cloud + image)", "objects detected",
+        found = object_detections(model, test, torch.device("cpu"))  # on the CPU, as notebook 04
+        results.append(Result("04", name, fuses, where, "3-D detection (point cloud + image)",
+                              "objects detected",
                               found["correct"].float().mean().item(), **_measure(model, _first(test)),
                               train_seconds=_seconds(history), device=device.type, seed=seed))
     return results
@@ -202,23 +219,24 @@ def crossvit_experiment(device: torch.device, seed: int, progress: bool) -> list
     """Notebook 05: each branch alone, and CrossViT with each of the paper's four fusion schemes."""
     train, val, test = (load_multiscale_images(split) for split in ("train", "val", "test"))
     config = crossvit_training(device, seed)
-    runs = {"S-branch alone": ("S_branch_alone", dict(branch=0), "nothing (small patches alone)"),
-            "L-branch alone": ("L_branch_alone", dict(branch=1), "nothing (large patches alone)")}
-    runs |= {f"CrossViT, {kind.replace('_', ' ')}": (kind, dict(fusion=kind), CROSSVIT_FUSES[kind])
+    runs = {"S-branch alone": ("S_branch_alone", dict(branch=0), "nothing (small patches alone)", "none"),
+            "L-branch alone": ("L_branch_alone", dict(branch=1), "nothing (large patches alone)", "none")}
+    runs |= {f"CrossViT, {kind.replace('_', ' ')}": (kind, dict(fusion=kind), CROSSVIT_FUSES[kind], "inside")
              for kind in FUSIONS}
     results = []
-    for name, (key, options, fuses) in runs.items():
+    for name, (key, options, fuses, where) in runs.items():
         model, history = train_crossvit(key, train, val, config, progress=progress, **options)
         predicted = predict(model, test, device)
         texture = (predicted % len(TEXTURES) == test["texture"]).float().mean().item()
-        results.append(Result("05", name, fuses, "multi-scale classification", "test accuracy",
+        results.append(Result("05", name, fuses, where, "multi-scale classification", "test accuracy",
                               (predicted == test["label"]).float().mean().item(),
                               **_measure(model, test["image"][:1]), train_seconds=_seconds(history),
                               device=device.type, seed=seed, extra={"texture accuracy": texture}))
     return results
 
 
-MBT_FUSES = {"late": "nothing until the logits (two streams)", "vanilla": "all tokens, from layer L_f",
+MBT_WHERE = {"late": "output", "vanilla": "inside", "cross": "inside", "bottleneck": "inside"}
+MBT_FUSES = {"late": "logits only (two streams, averaged)", "vanilla": "all tokens, from layer L_f",
              "cross": "each modality reads the other's tokens, from layer L_f",
              "bottleneck": "only through B bottleneck tokens, from layer L_f"}
 
@@ -230,8 +248,8 @@ def mbt_experiment(device: torch.device, seed: int, progress: bool) -> list[Resu
     for name, options in MBT_MODES.items():
         model, history = train_mbt(name, train, val, config, progress=progress, **options)
         accuracies = modality_accuracies(model, test, device)
-        results.append(Result("06", f"MBT, {name} fusion", MBT_FUSES[name], "audio-visual classification",
-                              "test accuracy", accuracies["fused"],
+        results.append(Result("06", f"MBT, {name} fusion", MBT_FUSES[name], MBT_WHERE[name],
+                              "audio-visual classification", "test accuracy", accuracies["fused"],
                               **_measure(model, _first(test, ("frames", "spectrogram"))),
                               train_seconds=_seconds(history), device=device.type, seed=seed,
                               extra={"frames dark": accuracies["dark"], "silent": accuracies["silent"]}))
@@ -242,13 +260,15 @@ def lavt_experiment(device: torch.device, seed: int, progress: bool) -> list[Res
     """Notebook 07: LAVT (PWAM and the gated pathway in every stage) vs late fusion, frozen MiniLM."""
     train, test = load_referring_scenes("train"), load_referring_scenes("test")
     text_encoder, results = PretrainedTextEncoder(), []
-    for name, fusion, fuses in (("LAVT", "pwam", "words into every pixel, in each encoder stage"),
-                                ("LAVT, late fusion", "late", "words and pixels after the encoder")):
+    runs = (("LAVT", "pwam", "words into every pixel, each encoder stage", "inside"),
+            ("LAVT, late fusion", "late", "words and pixels after the encoder", "output"))
+    for name, fusion, fuses, where in runs:
         model, history = train_lavt(f"{fusion}_minilm", train, lavt_training(device, seed), fusion,
                                     text_encoder, progress=progress)
         scores = scores_by_expression_type(predicted_masks(model, test), test)
         sample = _first(referring_inputs(test, text_encoder))
-        results.append(Result("07", name, fuses, "referring segmentation", "test mIoU", scores["all"]["miou"],
+        results.append(Result("07", name, fuses, where, "referring segmentation", "test mIoU",
+                              scores["all"]["miou"],
                               **_measure(model, sample, frozen=text_encoder), train_seconds=_seconds(history),
                               device=device.type, seed=seed,
                               extra={"oIoU": scores["all"]["oiou"],
@@ -329,10 +349,11 @@ def run_experiment(name: str, device: torch.device | None = None, seed: int = 0,
 
 def results_table(results: Sequence[Result]) -> str:
     """The rows as one Markdown table (metric to 3 decimals, MFLOPs to 1, seconds to the second)."""
-    lines = ["| nb | model | fuses | task | metric | value | params | MFLOPs | training s | other |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| nb | model | fuses | where | task | metric | value | params | MFLOPs | training s | other |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         other = "; ".join(f"{key} {value:.3f}" for key, value in r.extra.items())
-        lines.append(f"| {r.notebook} | {r.model} | {r.fuses} | {r.task} | {r.metric} | {r.value:.3f} | "
-                     f"{r.params:,} | {r.mflops:.1f} | {r.train_seconds:.0f} ({r.device}) | {other} |")
+        lines.append(f"| {r.notebook} | {r.model} | {r.fuses} | {r.where} | {r.task} | {r.metric} | "
+                     f"{r.value:.3f} | {r.params:,} | {r.mflops:.1f} | {r.train_seconds:.0f} ({r.device}) | "
+                     f"{other} |")
     return "\n".join(lines)

@@ -39,6 +39,7 @@ HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* record
 COSTS = {"mflops": "MFLOPs per sample", "train_seconds": "training time (s)",
          "params": "parameters"}  # Result field -> axis label
 TASKS_PER_ROW = 3
+WHERE_MARKERS = {"none": "o", "input": "^", "inside": "D", "output": "s"}  # Result.where -> marker
 PANEL_INCHES = 2.2  # width and height of one image panel
 PANELS_PER_ROW = 6  # a figure with more panels wraps onto further rows
 SCORE_FLOOR = 1e-3  # lowest token score a log colour scale shows
@@ -350,7 +351,8 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
 
 def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figure:
     """Each task's headline metric against a ``cost`` of ``COSTS`` (one panel per task, one labelled
-    point per model, the fusion-free baselines hollow): what each method buys, at what price."""
+    point per model, its marker saying where the modalities meet (``WHERE_MARKERS``), the single-modality
+    baselines hollow): what each method buys, at what price."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {list(COSTS)}, got {cost!r}")
     if not results:
@@ -365,13 +367,16 @@ def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figu
         points = [result for result in results if result.task == task]
         for index, row in enumerate(points):
             colour = _PALETTE[1 + index % (len(_PALETTE) - 1)]
-            baseline = row.fuses.startswith("nothing")
-            ax.scatter(getattr(row, cost), row.value, s=40, color="none" if baseline else colour,
-                       edgecolors=colour, linewidths=1.5)
+            ax.scatter(getattr(row, cost), row.value, s=40, marker=WHERE_MARKERS[row.where],
+                       color="none" if row.where == "none" else colour, edgecolors=colour, linewidths=1.5)
             ax.annotate(row.model, (getattr(row, cost), row.value), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         ax.set(xlabel=COSTS[cost], ylabel=points[0].metric, title=f"{task} ({points[0].notebook})")
         ax.title.set_fontsize(8)
         ax.margins(x=0.3, y=0.15)
         ax.set_xlim(left=0)
+    handles = [plt.Line2D([], [], marker=marker, linestyle="", color="grey", label=f"meet: {where}",
+                          markerfacecolor="none" if where == "none" else "grey")
+               for where, marker in WHERE_MARKERS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7)
     return fig

@@ -19,9 +19,10 @@ from fusion_edu.train import TrainConfig, evaluate, fit_or_load, seeded
 from fusion_edu.vit import VisionTransformer
 
 
-def row(notebook="01", model="m", task="t", value=0.5, seed=0, fuses="nothing", **changes) -> Result:
-    return Result(notebook=notebook, model=model, fuses=fuses, task=task, metric="test mIoU", value=value,
-                  params=10, mflops=1.5, train_seconds=3.0, device="cpu", seed=seed, **changes)
+def row(notebook="01", model="m", task="t", value=0.5, seed=0, fuses="nothing", where="none", **changes
+        ) -> Result:
+    return Result(notebook=notebook, model=model, fuses=fuses, where=where, task=task, metric="test mIoU",
+                  value=value, params=10, mflops=1.5, train_seconds=3.0, device="cpu", seed=seed, **changes)
 
 
 def test_saved_rows_read_back_equal(tmp_cache):
@@ -53,15 +54,21 @@ def test_experiments_are_found_by_number_or_name():
         experiment_named("mbt2")
 
 
+def test_a_row_says_where_the_modalities_meet_in_the_known_words():
+    with pytest.raises(ValueError, match=r"where in \['none', 'input', 'inside', 'output'\], got 'middle'"):
+        row(where="middle")
+
+
 def test_the_table_has_a_line_per_row_with_the_rounded_numbers():
     table = results_table([row(model="late fusion", value=0.58549, extra={"silent": 0.46067}), row()])
     lines = table.splitlines()
     assert len(lines) == 2 + 2
-    assert "| late fusion | nothing | t | test mIoU | 0.585 | 10 | 1.5 | 3 (cpu) | silent 0.461 |" in lines[2]
+    assert "| late fusion | nothing | none | t | test mIoU | 0.585 | 10 | 1.5 | 3 (cpu) | silent 0.461 |" \
+        in lines[2]
 
 
 def test_metric_vs_cost_draws_a_panel_per_task_and_a_point_per_model():
-    rows = [row(task="a", model="x"), row(task="a", model="y", fuses="tokens", value=0.75), row(task="b")]
+    rows = [row(task="a", model="x"), row(task="a", model="y", where="inside", value=0.75), row(task="b")]
     figure = plot_metric_vs_cost(rows, "train_seconds")
     visible = [ax for ax in figure.axes if ax.axison]
     assert [ax.get_title() for ax in visible] == ["a (01)", "b (01)"]
@@ -96,7 +103,7 @@ def tiny_experiment(small_scenes, monkeypatch):
                                       depth=1, num_heads=2, task="segmentation", in_chans=3, modality="rgb")
         history = fit_or_load(f"tiny_seed{seed}", model, data, None, TrainConfig(epochs=1, seed=seed), device,
                               progress)
-        return [Result("99", "tiny ViT", "nothing", "toy segmentation", "train mIoU",
+        return [Result("99", "tiny ViT", "nothing", "none", "toy segmentation", "train mIoU",
                        evaluate(model, data, device)["miou"], count_parameters(model), 0.1,
                        sum(r["seconds"] for r in history), device.type, seed)]
 
