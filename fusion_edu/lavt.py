@@ -215,10 +215,17 @@ class PretrainedTextEncoder(nn.Module):
                  finetune: bool = False) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
         source = name_or_path or minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.encoder = AutoModel.from_pretrained(source)
+        bar_was_on = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # a progress bar for a local load is noise in a notebook
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.encoder = AutoModel.from_pretrained(source)
+        finally:
+            if bar_was_on:
+                transformers_logging.enable_progress_bar()
         self.encoder.requires_grad_(finetune)
         self.dim, self.max_tokens, self.finetune = self.encoder.config.hidden_size, max_tokens, finetune
         self._remembered: dict[tuple[int, ...], Tensor] = {}  # frozen: token ids -> features (t d)

@@ -38,3 +38,22 @@ def test_notebook_has_the_shared_header_and_closing(path):
     assert "**References.**" in markdown[-1]
     last_code = "".join(_code_cells(notebook)[-1]["source"])
     assert "assert" in last_code, "end with a check cell"
+
+
+COLAB = "https://colab.research.google.com/github/fusion-edu/fusion_edu/blob/main/notebooks/"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_in_colab_from_its_header_and_the_readme(path):
+    header = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    assert f"({COLAB}{path.name})" in header, "the header's Colab badge must open this notebook"
+    assert f"colab-badge.svg)]({COLAB}{path.name})" in README.read_text(), "add its badge to the README"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_install_cell_keeps_the_machines_torch(path):
+    install = "".join(_code_cells(json.loads(path.read_text()))[0]["source"])
+    pip_lines = [line for line in install.splitlines() if '"pip", "install"' in line]
+    assert len(pip_lines) == 1 and "torch" not in pip_lines[0], pip_lines  # fusion_edu only: Colab has torch
+    assert 'find_spec("fusion_edu") is None' in install  # nothing is installed where the package is present
