@@ -33,6 +33,20 @@ def _fixed_threads():
     torch.set_num_threads(previous)
 
 
+NOTEBOOK_SEED = 0  # the seed every notebook trains with
+
+
+@contextmanager
+def notebook_threads():
+    """Pin 2 threads, as the notebooks do (CPU results are reproducible at a fixed thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def private_cache(tmp_path_factory):
     """For claims fixtures (module-scoped, so they run before ``_fixed_threads``): a context manager that
@@ -40,13 +54,27 @@ def private_cache(tmp_path_factory):
 
     @contextmanager
     def enter(name: str):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(2)  # CPU results are reproducible at a fixed thread count
-        try:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("FUSION_EDU_DATA", str(tmp_path_factory.mktemp(name)))
-                yield
-        finally:
-            torch.set_num_threads(threads)
+        with notebook_threads(), pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FUSION_EDU_DATA", str(tmp_path_factory.mktemp(name)))
+            yield
+
+    return enter
+
+
+@pytest.fixture(scope="session")
+def claims_cache(private_cache):
+    """``with claims_cache(name, seed) as shared:`` the notebooks' seed trains in the shared cache
+    (``data/``; ``shared`` is True), exactly as its notebook does, so the sweep and the notebook load each
+    other's models instead of training them twice; every other seed trains in a private cache. Both pin
+    2 threads."""
+
+    @contextmanager
+    def enter(name: str, seed: int):
+        if seed == NOTEBOOK_SEED:
+            with notebook_threads():
+                yield True
+        else:
+            with private_cache(f"{name}{seed}"):
+                yield False
 
     return enter

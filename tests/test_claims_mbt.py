@@ -32,18 +32,20 @@ RUNS = {name: MBT_MODES[name] for name in ("late", "vanilla", "bottleneck")} | M
 
 
 @pytest.fixture(scope="module")
-def mbt_runs(private_cache) -> dict[int, dict[str, dict[str, float]]]:
-    """Per seed and model (trained in a private cache): accuracies per stream and MFLOPs per clip."""
+def mbt_runs(claims_cache) -> dict[int, dict[str, dict[str, float]]]:
+    """Per seed and model (seed 0 shared with notebook 06, which validates each epoch; the others in a
+    private cache): accuracies per stream and MFLOPs per clip."""
     runs = {}
     for seed in SEEDS:
         config = mbt_training(torch.device("cpu"), seed)
-        with private_cache(f"mbt{seed}"):
+        with claims_cache("mbt", seed) as shared:
             train = load_audiovisual_clips("train", seed=seed)
+            val = load_audiovisual_clips("val", seed=seed) if shared else None
             test = load_audiovisual_clips("test", seed=seed)
             one_clip = {m: test[m][:1] for m in ("frames", "spectrogram")}
             runs[seed] = {}
             for name, options in RUNS.items():
-                model, _ = train_mbt(name, train, None, config, progress=False, **options)
+                model, _ = train_mbt(name, train, val, config, progress=False, **options)
                 runs[seed][name] = {**modality_accuracies(model, test, torch.device("cpu")),
                                     "mflops": count_flops(model.cpu(), one_clip) / 1e6}
         print(f"seed {seed}:", {name: round(r["fused"], 3) for name, r in runs[seed].items()})  # pytest -s

@@ -42,13 +42,13 @@ SEEDS_PER_CLOUD, PATCH = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch
 
 
 @pytest.fixture(scope="module")
-def detection_tables(private_cache) -> dict[int, dict[str, dict[str, tuple[float, int]]]]:
-    """Per seed and model (trained in a private cache): ``{"all" and each sparsity bucket: (share
-    detected, objects)}``."""
+def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float, int]]]]:
+    """Per seed and model (seed 0 shared with notebook 04, the others in a private cache): ``{"all" and
+    each sparsity bucket: (share detected, objects)}``."""
     tables = {}
     for seed in SEEDS:
         config = point_image_training(torch.device("cpu"), seed)
-        with private_cache(f"pointimage{seed}"):
+        with claims_cache("pointimage", seed):
             train, test = (detection_targets(load_pointcloud_scenes(split, seed=seed), SEEDS_PER_CLOUD, PATCH)
                            for split in ("train", "test"))
             tables[seed] = {}
