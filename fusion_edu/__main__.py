@@ -86,7 +86,10 @@ def run_all(arguments: argparse.Namespace) -> list[Result]:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     if arguments.command == "run-all":
-        run_all(arguments)
+        try:
+            run_all(arguments)
+        except KeyError as error:  # an unknown --only NAME: say which names exist, without a traceback
+            raise SystemExit(f"python -m fusion_edu run-all: {error.args[0]}") from None
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def test_arguments_of_run_all():
         ["03", "crossvit"], "cpu", 2, cli.NOTEBOOK_THREADS)
     with pytest.raises(SystemExit):
         cli.parse_arguments(["run-all", "--seed", "one"])
+    with pytest.raises(SystemExit, match=r"run-all: expected a notebook number or name .* got 'nine'"):
+        cli.main(["run-all", "--only", "nine"])
 
 
 @pytest.fixture
