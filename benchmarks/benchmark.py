@@ -47,7 +47,15 @@ from fusion_edu.datasets import (
 from fusion_edu.flops import count_flops, count_parameters
 from fusion_edu.lavt import LAVT, PretrainedTextEncoder, referring_inputs
 from fusion_edu.mbt import MBT
-from fusion_edu.recipes import CROSSVIT, MBT_MODES, POINT_IMAGE, RGBD_CHANNELS, RGBD_VIT, TOKENFUSION
+from fusion_edu.recipes import (
+    CROSSVIT,
+    MBT_MODES,
+    POINT_IMAGE,
+    RGBD_BACKBONE,
+    RGBD_CHANNELS,
+    RGBD_VIT,
+    TOKENFUSION,
+)
 from fusion_edu.tokenfusion import TokenFusion
 from fusion_edu.tokenfusion_heterogeneous import PointImageTokenFusion, detection_targets
 from fusion_edu.train import default_device, seeded, training_loss
@@ -84,13 +92,12 @@ def _vit(modality: str) -> VisionTransformer:
     return VisionTransformer(**RGBD_VIT, in_chans=RGBD_CHANNELS[modality], modality=modality)
 
 
-VIT_WITHOUT_TASK = {key: value for key, value in RGBD_VIT.items() if key != "task"}
 MODELS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[int], dict]]] = {
     "01 ViT, rgb only": (lambda: _vit("rgb"), _rgbd),
     "02 late fusion": (lambda: LateFusion({m: _vit(m) for m in RGBD_CHANNELS}), _rgbd),
-    "02 token concatenation": (lambda: TokenConcatFusion(RGBD_CHANNELS, **VIT_WITHOUT_TASK), _rgbd),
+    "02 token concatenation": (lambda: TokenConcatFusion(RGBD_CHANNELS, **RGBD_BACKBONE), _rgbd),
     "02 input fusion": (lambda: InputFusion(RGBD_CHANNELS, **RGBD_VIT), _rgbd),
-    "03 TokenFusion": (lambda: TokenFusion(RGBD_CHANNELS, **VIT_WITHOUT_TASK, **TOKENFUSION), _rgbd),
+    "03 TokenFusion": (lambda: TokenFusion(RGBD_CHANNELS, **RGBD_BACKBONE, **TOKENFUSION), _rgbd),
     "04 point-only": (lambda: PointImageTokenFusion(fusion=False, **POINT_IMAGE), _points),
     "04 TokenFusion, points + image": (lambda: PointImageTokenFusion(fusion=True, **POINT_IMAGE), _points),
     "05 S-branch alone": (lambda: single_branch(0, **CROSSVIT), _multiscale),

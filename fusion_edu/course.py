@@ -39,6 +39,7 @@ from .mbt import modality_accuracies
 from .recipes import (
     MBT_MODES,
     POINT_IMAGE,
+    RGBD_BACKBONE,
     RGBD_CHANNELS,
     RGBD_VIT,
     crossvit_training,
@@ -153,14 +154,13 @@ def concat_experiment(device: torch.device, seed: int, progress: bool) -> list[R
     train, val, test = _rgbd_data()
     singles, single_histories = _rgbd_singles(device, seed, progress, train, val)
     config = rgbd_training(device, seed)
-    vit = {key: value for key, value in RGBD_VIT.items() if key != "task"}
     late = LateFusion(singles)
     for parameter in late.models.parameters():
         parameter.requires_grad_(False)
     late_config = replace(config, epochs=LATE_FUSION_EPOCHS, lr=LATE_FUSION_LR)
     late_history = fit_or_load("02_late_fusion", late, train, val, late_config, device, progress)
     with seeded(seed):
-        concat = TokenConcatFusion(RGBD_CHANNELS, **vit)
+        concat = TokenConcatFusion(RGBD_CHANNELS, **RGBD_BACKBONE)
     concat_history = fit_or_load("02_token_concat", concat, train, val, config, device, progress)
     with seeded(seed):
         input_fusion = InputFusion(RGBD_CHANNELS, **RGBD_VIT)

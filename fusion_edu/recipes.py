@@ -24,14 +24,33 @@ from .tokenfusion_heterogeneous import PointImageTokenFusion
 from .train import TrainConfig, default_device, fit_or_load, seeded
 from .vit import VisionTransformer
 
-__all__ = ["CROSSVIT", "MBT_MODES", "MBT_SWEEP", "POINT_IMAGE", "RGBD_CHANNELS", "RGBD_VIT", "TOKENFUSION",
-           "crossvit_training", "lavt_training", "mbt_training", "point_image_training", "rgbd_training",
-           "tokenfusion_training", "train_crossvit", "train_lavt", "train_mbt", "train_point_image",
-           "train_single_modal", "train_tokenfusion"]
+__all__ = [
+    "CROSSVIT",
+    "MBT_MODES",
+    "MBT_SWEEP",
+    "POINT_IMAGE",
+    "RGBD_BACKBONE",
+    "RGBD_CHANNELS",
+    "RGBD_VIT",
+    "TOKENFUSION",
+    "crossvit_training",
+    "lavt_training",
+    "mbt_training",
+    "point_image_training",
+    "rgbd_training",
+    "tokenfusion_training",
+    "train_crossvit",
+    "train_lavt",
+    "train_mbt",
+    "train_point_image",
+    "train_single_modal",
+    "train_tokenfusion",
+]
 
 RGBD_CHANNELS = {"rgb": 3, "depth": 1}
 RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=64, depth=4,
                 num_heads=4, task="segmentation")
+RGBD_BACKBONE = {key: value for key, value in RGBD_VIT.items() if key != "task"}  # for the fusion models
 CPU_EPOCHS = 10  # about 50 s per single-modal model on a 2-core CPU
 GPU_EPOCHS = 40  # the same notebook on a GPU trains longer, and still finishes sooner
 # TokenFusion (notebook 03) starts from the single-modal models above and fine-tunes them together.
@@ -78,9 +97,8 @@ def train_tokenfusion(name: str, singles: Mapping[str, VisionTransformer],
                       **options: object) -> tuple[TokenFusion, list[dict]]:
     """TokenFusion at the course's size, started from ``singles`` (those of its modalities that
     have one) and fine-tuned with ``config``; ``options`` override ``TOKENFUSION`` (ablations)."""
-    vit = {key: value for key, value in RGBD_VIT.items() if key != "task"}
     with seeded(config.seed):
-        model = TokenFusion(modalities, **vit, **{**TOKENFUSION, **options})
+        model = TokenFusion(modalities, **RGBD_BACKBONE, **{**TOKENFUSION, **options})
     model.load_single_modal({m: singles[m] for m in modalities if m in singles})
     history = fit_or_load(name, model, train, val, config, progress=progress)
     return model, history
