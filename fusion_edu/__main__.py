@@ -1,11 +1,13 @@
 """The course without a notebook: ``python -m fusion_edu run-all`` trains every notebook's headline models.
 
     python -m fusion_edu run-all [--only 03 --only crossvit] [--device cpu|cuda] [--seed 0] [--out results]
+                                 [--threads N] [--longer]
 
 Each experiment (``course.EXPERIMENTS``, one per notebook 01-07) trains its models with the notebook's
-default recipe, or loads them from the cache when a notebook or an earlier run trained them, scores them
-and saves its rows where notebook 08 reads them.  ``--out`` receives the report: ``results.md`` (the
-table), ``results.json`` (the rows) and two figures (metric vs FLOPs, metric vs training time).
+default recipe (``--longer``: its LONGER one), or loads them from the cache when a notebook or an earlier
+run trained them, scores them and saves its rows where notebook 08 reads them.  ``--out`` receives the
+report: ``results.md`` (the table), ``results.json`` (the rows) and two figures (metric vs FLOPs, metric
+vs training time).
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from tqdm.auto import tqdm
 
 from .course import EXPERIMENTS, Result, experiment_named, results_table, run_experiment
 from .plotting import plot_metric_vs_cost
-from .train import default_device
+from .train import THREADS_VARIABLE, default_device, use_threads
 
-NOTEBOOK_THREADS = 2  # the notebooks' thread count: CPU numbers match theirs only at the same count
 FIGURE_DPI = 120
 FIGURES = {"metric_vs_flops.png": "mflops", "metric_vs_training_time.png": "train_seconds"}
 
@@ -44,8 +45,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run_all.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     run_all.add_argument("--seed", type=int, default=0, help="training seed (initialisation, shuffling)")
     run_all.add_argument("--out", type=Path, default=Path("results"), help="folder for the report")
-    run_all.add_argument("--threads", type=int, default=NOTEBOOK_THREADS,
-                         help="CPU threads (default 2, the notebooks' count, so the numbers match theirs)")
+    run_all.add_argument("--threads", type=int, default=None,
+                         help=f"CPU threads (default: ${THREADS_VARIABLE}, else the machine's cores; CPU "
+                              "numbers match a notebook's bit for bit only at its thread count)")
+    run_all.add_argument("--longer", action="store_true",
+                         help="the notebooks' LONGER recipes (2-4x the epochs, meant for a GPU)")
     return parser.parse_args(argv)
 
 
@@ -70,12 +74,12 @@ def run_all(arguments: argparse.Namespace) -> list[Result]:
     """Run the chosen experiments in the notebooks' order, with progress bars; write the report."""
     experiments = [experiment_named(name) for name in arguments.only] if arguments.only else list(EXPERIMENTS)
     device = torch.device(arguments.device) if arguments.device else default_device()
-    torch.set_num_threads(arguments.threads)
+    use_threads(arguments.threads)
     results, seconds = [], {}
     for experiment in tqdm(experiments, desc="experiments", unit="notebook"):
         tqdm.write(f"notebook {experiment.notebook} ({experiment.name}) on {device}, seed {arguments.seed}")
         start = time.perf_counter()
-        results += run_experiment(experiment.notebook, device, arguments.seed)
+        results += run_experiment(experiment.notebook, device, arguments.seed, longer=arguments.longer)
         seconds[experiment.notebook] = time.perf_counter() - start
     write_report(results, seconds, arguments.out)
     print(results_table(results))

@@ -94,6 +94,7 @@ class Result:
     device: str
     seed: int
     extra: dict[str, float] = field(default_factory=dict)  # other scores (missing modalities, ...)
+    longer: bool = False  # trained with the notebook's LONGER recipe (2-4x the epochs)
 
     def __post_init__(self) -> None:
         if self.where not in WHERE:
@@ -126,12 +127,12 @@ def _rgbd_data() -> tuple[dict[str, Tensor], ...]:
     return tuple(load_rgbd_scenes(split) for split in ("train", "val", "test"))
 
 
-def _rgbd_singles(device: torch.device, seed: int, progress: bool, train: Mapping, val: Mapping
+def _rgbd_singles(seed: int, longer: bool, progress: bool, train: Mapping, val: Mapping
                   ) -> tuple[dict[str, nn.Module], dict[str, list[dict]]]:
     models, histories = {}, {}
     for modality in RGBD_CHANNELS:
         models[modality], histories[modality] = train_single_modal(
-            modality, train, val, rgbd_training(device, seed), progress=progress)
+            modality, train, val, rgbd_training(seed, longer), progress=progress)
     return models, histories
 
 
@@ -141,19 +142,19 @@ def _rgbd_result(notebook: str, name: str, fuses: str, where: str, model: nn.Mod
                   **_measure(model, _first(test)), train_seconds=seconds, device=device.type, seed=seed)
 
 
-def vit_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def vit_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 01: a ViT per modality (RGB, depth), nothing fused."""
     train, val, test = _rgbd_data()
-    models, histories = _rgbd_singles(device, seed, progress, train, val)
+    models, histories = _rgbd_singles(seed, longer, progress, train, val)
     return [_rgbd_result("01", f"ViT, {modality} only", "nothing (one modality)", "none", models[modality],
                          test, _seconds(histories[modality]), device, seed) for modality in RGBD_CHANNELS]
 
 
-def concat_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def concat_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 02: late fusion of the two ViTs, token concatenation, input fusion."""
     train, val, test = _rgbd_data()
-    singles, single_histories = _rgbd_singles(device, seed, progress, train, val)
-    config = rgbd_training(device, seed)
+    singles, single_histories = _rgbd_singles(seed, longer, progress, train, val)
+    config = rgbd_training(seed, longer)
     late = LateFusion(singles)
     for parameter in late.models.parameters():
         parameter.requires_grad_(False)
@@ -174,11 +175,11 @@ def concat_experiment(device: torch.device, seed: int, progress: bool) -> list[R
             for name, fuses, where, model, seconds in runs]
 
 
-def tokenfusion_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def tokenfusion_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 03: TokenFusion fine-tuned from the two ViTs, and the same without exchange."""
     train, val, test = _rgbd_data()
-    singles, single_histories = _rgbd_singles(device, seed, progress, train, val)
-    config, start = tokenfusion_training(device, seed), _seconds(*single_histories.values())
+    singles, single_histories = _rgbd_singles(seed, longer, progress, train, val)
+    config, start = tokenfusion_training(seed, longer), _seconds(*single_histories.values())
     tokenfusion, history = train_tokenfusion("03_tokenfusion", singles, train, val, config, progress=progress)
     control, control_history = train_tokenfusion("03_no_exchange", singles, train, val, config,
                                                  progress=progress, lambda_l1=0.0, substitution=False)
@@ -188,7 +189,7 @@ def tokenfusion_experiment(device: torch.device, seed: int, progress: bool) -> l
                          "output", control, test, start + _seconds(control_history), device, seed)]
 
 
-def point_image_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def point_image_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 04: 3-D detection from points alone, and with image tokens substituted in (Sec. 3.5)."""
     seeds, patch = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size
     train, test = (detection_targets(load_pointcloud_scenes(split), seeds, patch)
@@ -198,7 +199,7 @@ def point_image_experiment(device: torch.device, seed: int, progress: bool) -> l
             ("TokenFusion, points + image", "fused", True,
              "point tokens substituted by the image tokens they project to", "inside"))
     for name, key, fusion, fuses, where in runs:
-        model, history = train_point_image(key, train, point_image_training(device, seed), fusion=fusion,
+        model, history = train_point_image(key, train, point_image_training(seed, longer), fusion=fusion,
                                            progress=progress)
         found = object_detections(model, test, torch.device("cpu"))  # on the CPU, as notebook 04
         results.append(Result("04", name, fuses, where, "3-D detection (point cloud + image)",
@@ -215,10 +216,10 @@ CROSSVIT_FUSES = {  # after each multi-scale block, the two branches (patch size
     "pairwise": "two scales: CLS and same-position patch tokens summed"}
 
 
-def crossvit_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def crossvit_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 05: each branch alone, and CrossViT with each of the paper's four fusion schemes."""
     train, val, test = (load_multiscale_images(split) for split in ("train", "val", "test"))
-    config = crossvit_training(device, seed)
+    config = crossvit_training(seed, longer)
     runs = {"S-branch alone": ("S_branch_alone", dict(branch=0), "nothing (small patches alone)", "none"),
             "L-branch alone": ("L_branch_alone", dict(branch=1), "nothing (large patches alone)", "none")}
     runs |= {f"CrossViT, {kind.replace('_', ' ')}": (kind, dict(fusion=kind), CROSSVIT_FUSES[kind], "inside")
@@ -241,10 +242,10 @@ MBT_FUSES = {"late": "logits only (two streams, averaged)", "vanilla": "all toke
              "bottleneck": "only through B bottleneck tokens, from layer L_f"}
 
 
-def mbt_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def mbt_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 06: MBT's late, vanilla, cross and bottleneck fusion; accuracy with a modality missing."""
     train, val, test = (load_audiovisual_clips(split) for split in ("train", "val", "test"))
-    config, results = mbt_training(device, seed), []
+    config, results = mbt_training(seed, longer), []
     for name, options in MBT_MODES.items():
         model, history = train_mbt(name, train, val, config, progress=progress, **options)
         accuracies = modality_accuracies(model, test, device)
@@ -256,14 +257,14 @@ def mbt_experiment(device: torch.device, seed: int, progress: bool) -> list[Resu
     return results
 
 
-def lavt_experiment(device: torch.device, seed: int, progress: bool) -> list[Result]:
+def lavt_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 07: LAVT (PWAM and the gated pathway in every stage) vs late fusion, frozen MiniLM."""
     train, test = load_referring_scenes("train"), load_referring_scenes("test")
     text_encoder, results = PretrainedTextEncoder(), []
     runs = (("LAVT", "pwam", "words into every pixel, each encoder stage", "inside"),
             ("LAVT, late fusion", "late", "words and pixels after the encoder", "output"))
     for name, fusion, fuses, where in runs:
-        model, history = train_lavt(f"{fusion}_minilm", train, lavt_training(device, seed), fusion,
+        model, history = train_lavt(f"{fusion}_minilm", train, lavt_training(seed, longer), fusion,
                                     text_encoder, progress=progress)
         scores = scores_by_expression_type(predicted_masks(model, test), test)
         sample = _first(referring_inputs(test, text_encoder))
@@ -278,11 +279,11 @@ def lavt_experiment(device: torch.device, seed: int, progress: bool) -> list[Res
 
 @dataclass(frozen=True)
 class Experiment:
-    """A notebook's headline experiment: ``run(device, seed, progress)`` gives its ``Result`` rows."""
+    """A notebook's headline experiment: ``run(device, seed, progress, longer)`` gives its ``Result`` rows."""
 
     notebook: str
     name: str
-    run: Callable[[torch.device, int, bool], list[Result]]
+    run: Callable[[torch.device, int, bool, bool], list[Result]]
 
 
 EXPERIMENTS = (Experiment("01", "vit", vit_experiment),
@@ -308,17 +309,18 @@ def results_dir() -> Path:
     return cache_dir() / RESULTS_FOLDER
 
 
-def _results_path(notebook: str, seed: int, directory: Path | None) -> Path:
-    return (directory or results_dir()) / f"{notebook}_seed{seed}.json"
+def _results_path(notebook: str, seed: int, longer: bool, directory: Path | None) -> Path:
+    return (directory or results_dir()) / f"{notebook}_seed{seed}{'_longer' if longer else ''}.json"
 
 
 def save_results(results: Sequence[Result], directory: Path | None = None) -> Path:
     """Write one notebook's rows as JSON (atomically: a temporary file, then a rename)."""
     notebooks, seeds = {r.notebook for r in results}, {r.seed for r in results}
-    if len(notebooks) != 1 or len(seeds) != 1:
-        raise ValueError(f"expected the rows of one notebook and one seed, got notebooks {sorted(notebooks)} "
-                         f"and seeds {sorted(seeds)}")
-    path = _results_path(notebooks.pop(), seeds.pop(), directory)
+    recipes = {r.longer for r in results}
+    if len(notebooks) != 1 or len(seeds) != 1 or len(recipes) != 1:
+        raise ValueError(f"expected the rows of one notebook, one seed and one recipe, got notebooks "
+                         f"{sorted(notebooks)}, seeds {sorted(seeds)} and longer {sorted(recipes)}")
+    path = _results_path(notebooks.pop(), seeds.pop(), recipes.pop(), directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps([asdict(result) for result in results], indent=1))
@@ -326,12 +328,13 @@ def save_results(results: Sequence[Result], directory: Path | None = None) -> Pa
     return path
 
 
-def load_results(seed: int = 0, directory: Path | None = None) -> dict[str, list[Result]]:
-    """The saved rows of every notebook that has saved some for ``seed``, by notebook ("01": [...]).
-    A file that cannot be read as rows is skipped (its notebook counts as not run)."""
+def load_results(seed: int = 0, directory: Path | None = None, longer: bool = False
+                 ) -> dict[str, list[Result]]:
+    """The saved rows of every notebook that has saved some for ``seed`` (and recipe), by notebook
+    ("01": [...]).  A file that cannot be read as rows is skipped (its notebook counts as not run)."""
     results = {}
     for experiment in EXPERIMENTS:
-        path = _results_path(experiment.notebook, seed, directory)
+        path = _results_path(experiment.notebook, seed, longer, directory)
         try:
             results[experiment.notebook] = [Result(**row) for row in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError):
@@ -340,9 +343,11 @@ def load_results(seed: int = 0, directory: Path | None = None) -> dict[str, list
 
 
 def run_experiment(name: str, device: torch.device | None = None, seed: int = 0, progress: bool = True,
-                   directory: Path | None = None) -> list[Result]:
-    """Train (or load) and score notebook ``name``'s models, save the rows, return them."""
-    results = experiment_named(name).run(device or default_device(), seed, progress)
+                   directory: Path | None = None, longer: bool = False) -> list[Result]:
+    """Train (or load) and score notebook ``name``'s models with its default recipe (or, ``longer``,
+    its LONGER one), save the rows, return them."""
+    rows = experiment_named(name).run(device or default_device(), seed, progress, longer)
+    results = [replace(row, longer=longer) for row in rows]
     save_results(results, directory)
     return results
 

@@ -9,14 +9,18 @@ a batch is the same dict sliced, so a model's forward receives its modalities by
 - gradient clipping by global norm;
 - loss = cross-entropy(logits, label), plus the same on each modality's logits when a fusion
   model returns them, plus the model's ``aux_loss`` when it has one;
-- mixed precision (bfloat16 autocast) on CUDA, full precision on the CPU;
-- every random draw (initialisation, shuffling, dropout) from ``seed``: same seed, same numbers.
+- mixed precision by what the GPU computes natively (``training_precision``): bfloat16 autocast from
+  compute capability 8.0 (Ampere) on, float16 autocast with a gradient scaler below it (Colab's free T4
+  is 7.5, where bfloat16 is emulated), full float32 on the CPU;
+- every random draw (initialisation, shuffling, dropout) from ``seed``: same seed, same numbers on
+  one machine at one thread count (``use_threads``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -46,10 +50,14 @@ __all__ = [
     "save_checkpoint",
     "seeded",
     "training_loss",
+    "training_precision",
+    "use_threads",
 ]
 
 LABEL_KEY = "label"
 EVAL_BATCH_SIZE = 256
+THREADS_VARIABLE = "FUSION_EDU_THREADS"  # CPU threads for the notebooks, run-all and the seed sweeps
+NATIVE_BF16_CAPABILITY = (8, 0)  # CUDA compute capability from which bfloat16 runs natively (Ampere)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,45 @@ class TrainConfig:
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _machine_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Set torch's CPU thread count and return it: ``threads``, else ``$FUSION_EDU_THREADS``, else the
+    machine's cores.
+
+    CPU results depend on the thread count (floating-point sums are split differently), so the same
+    seed gives the same numbers only on one machine at one count.  The committed notebook outputs are
+    made at 1 thread (``notebooks/execute.py``) and the tests run at the default: every test run is a
+    run on "another machine", and only what holds on any machine is checked.
+    """
+    if threads is None:
+        setting = os.environ.get(THREADS_VARIABLE, "").strip()
+        if setting and not setting.isdigit():
+            raise ValueError(f"expected ${THREADS_VARIABLE} to be a positive whole number of threads, "
+                             f"got {setting!r}")
+        threads = int(setting) if setting else _machine_cores()
+    if threads < 1:
+        raise ValueError(f"expected at least 1 CPU thread, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def training_precision(device: torch.device) -> torch.dtype:
+    """The dtype autocast computes in on ``device``: bfloat16 on a GPU of compute capability >= 8.0,
+    float16 below it (bfloat16 would be emulated there; ``fit`` then scales the loss so small
+    gradients do not underflow), float32 (no autocast) on the CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY:
+        return torch.bfloat16
+    return torch.float16
 
 
 @contextmanager
@@ -114,9 +161,10 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
 
 
 def _autocast(device: torch.device):
-    if device.type != "cuda":
+    dtype = training_precision(device)
+    if dtype == torch.float32:
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _to(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -163,6 +211,8 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
     device = device or default_device()
     model.to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+    # float16 autocast needs the loss scaled (and unscaled before clipping); elsewhere a pass-through
+    scaler = torch.amp.GradScaler(device.type, enabled=training_precision(device) == torch.float16)
     count = len(train_data[LABEL_KEY])
     steps_per_epoch = math.ceil(count / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -180,9 +230,11 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
                 with _autocast(device):
                     loss = training_loss(model(batch), batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 losses.append(loss.detach())
             seconds = time.perf_counter() - start

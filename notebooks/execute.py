@@ -1,20 +1,31 @@
-"""Execute notebooks the way their committed outputs are made: a fresh kernel, top to bottom, then
-stored widget state stripped (it bloats the file and means nothing on another machine).
+"""Execute notebooks the way their committed outputs are made: a fresh kernel, top to bottom, at one
+CPU thread, then stored widget state stripped (it bloats the file and means nothing on another machine).
 
     python notebooks/execute.py notebooks/01_vit_from_scratch.ipynb [more.ipynb ...]
+
+The committed outputs are made at ``COMMITTED_THREADS`` and the tests run the notebooks at the default
+(the machine's cores), so every test run checks them as another machine would: only outputs that are the
+same on any machine are compared (``# NBVAL_CHECK_OUTPUT``), and claims about trained models are check-cell
+assertions with margins.  The thread count is recorded in the notebook's metadata.
 """
 
+import os
 import sys
 
 import nbformat
 from nbclient import NotebookClient
 
+THREADS_VARIABLE = "FUSION_EDU_THREADS"  # read by fusion_edu.train.use_threads in the kernel
+COMMITTED_THREADS = 1
+
 
 def execute(path: str) -> None:
     notebook = nbformat.read(path, as_version=4)
+    os.environ[THREADS_VARIABLE] = str(COMMITTED_THREADS)  # the kernel inherits this process's environment
     NotebookClient(notebook, timeout=1200, kernel_name="python3",
                    resources={"metadata": {"path": "notebooks"}}).execute()
     notebook.metadata.pop("widgets", None)
+    notebook.metadata["fusion_edu"] = {"outputs_made_at_threads": COMMITTED_THREADS}
     nbformat.write(notebook, path)
 
 

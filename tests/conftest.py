@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fusion_edu.datasets import RGBDConfig, generate_rgbd_scenes
+from fusion_edu.train import use_threads
 
 matplotlib.use("Agg")  # no display in this process (notebook kernels keep their own backend)
 
@@ -38,9 +39,10 @@ NOTEBOOK_SEED = 0  # the seed every notebook trains with
 
 @contextmanager
 def notebook_threads():
-    """Pin 2 threads, as the notebooks do (CPU results are reproducible at a fixed thread count)."""
+    """The notebooks' thread count (``use_threads``: $FUSION_EDU_THREADS, else the machine's cores), so a
+    sweep's seed 0 trains as its notebook does in the same test run; the caller's count afterwards."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    use_threads()
     try:
         yield
     finally:
@@ -50,7 +52,7 @@ def notebook_threads():
 @pytest.fixture(scope="session")
 def private_cache(tmp_path_factory):
     """For claims fixtures (module-scoped, so they run before ``_fixed_threads``): a context manager that
-    points the cache at an empty folder named after ``name`` and pins 2 threads, as the notebooks do."""
+    points the cache at an empty folder named after ``name`` and uses the notebooks' thread count."""
 
     @contextmanager
     def enter(name: str):
@@ -65,8 +67,8 @@ def private_cache(tmp_path_factory):
 def claims_cache(private_cache):
     """``with claims_cache(name, seed) as shared:`` the notebooks' seed trains in the shared cache
     (``data/``; ``shared`` is True), exactly as its notebook does, so the sweep and the notebook load each
-    other's models instead of training them twice; every other seed trains in a private cache. Both pin
-    2 threads."""
+    other's models instead of training them twice; every other seed trains in a private cache. Both
+    use the notebooks' thread count."""
 
     @contextmanager
     def enter(name: str, seed: int):

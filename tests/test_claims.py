@@ -118,7 +118,7 @@ def test_03_tokenfusion_exchanges_tokens_beats_the_fusions_and_finds_damaged_dep
     with seeded(seed):
         model = TokenFusion(RGBD_CHANNELS, **VIT, **TOKENFUSION)
     model.load_single_modal(seeded_run["singles"])
-    fit(model, train, config=tokenfusion_training(torch.device("cpu"), seed), progress=False)
+    fit(model, train, config=tokenfusion_training(seed), progress=False)
     miou = evaluate(model, test)["miou"]
     _, masks = token_scores_and_masks(model, test)
     patches = {m: corrupted_patches(test[f"{m}_corrupt"], VIT["patch_size"]) for m in RGBD_CHANNELS}

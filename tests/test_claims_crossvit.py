@@ -29,7 +29,7 @@ def crossvit_run(request, claims_cache):
     """One seed's models (seed 0 shared with notebook 05, which validates each epoch; the others in a
     private cache): accuracy and FLOPs per run."""
     seed = request.param
-    config = crossvit_training(torch.device("cpu"), seed)
+    config = crossvit_training(seed)
     results = {}
     with claims_cache("crossvit", seed) as shared:
         train = load_multiscale_images("train", seed=seed)

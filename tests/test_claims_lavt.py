@@ -26,6 +26,7 @@ from fusion_edu.datasets.referring import counterfactual_scenes, load_referring_
 from fusion_edu.lavt import PretrainedTextEncoder, predicted_masks, scores_by_expression_type
 from fusion_edu.metrics import sample_iou
 from fusion_edu.recipes import lavt_training, train_lavt
+from fusion_edu.train import use_threads
 
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
 
@@ -45,14 +46,14 @@ def _summary(run: dict) -> dict[str, float]:
 def lavt_runs() -> dict[int, dict[str, dict]]:
     """Per seed and model: test scores by expression type, and the counterfactual IoUs."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the notebook's thread count: seed 0 is bit-identical to its run
+    use_threads()  # the notebook's thread count ($FUSION_EDU_THREADS, else the cores), as its run
     minilm = PretrainedTextEncoder()
     runs = {}
     try:
         for seed in SEEDS:
             train, test = load_referring_scenes("train", seed=seed), load_referring_scenes("test", seed=seed)
             edited = counterfactual_scenes(test)
-            config, runs[seed] = lavt_training(torch.device("cpu"), seed), {}
+            config, runs[seed] = lavt_training(seed), {}
             for name, fusion in FUSIONS.items():
                 model, _ = train_lavt(f"{fusion}_minilm", train, config, fusion, minilm, progress=False)
                 original = predicted_masks(model, test)

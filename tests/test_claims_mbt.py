@@ -37,7 +37,7 @@ def mbt_runs(claims_cache) -> dict[int, dict[str, dict[str, float]]]:
     private cache): accuracies per stream and MFLOPs per clip."""
     runs = {}
     for seed in SEEDS:
-        config = mbt_training(torch.device("cpu"), seed)
+        config = mbt_training(seed)
         with claims_cache("mbt", seed) as shared:
             train = load_audiovisual_clips("train", seed=seed)
             val = load_audiovisual_clips("val", seed=seed) if shared else None

@@ -47,7 +47,7 @@ def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float,
     each sparsity bucket: (share detected, objects)}``."""
     tables = {}
     for seed in SEEDS:
-        config = point_image_training(torch.device("cpu"), seed)
+        config = point_image_training(seed)
         with claims_cache("pointimage", seed):
             train, test = (detection_targets(load_pointcloud_scenes(split, seed=seed), SEEDS_PER_CLOUD, PATCH)
                            for split in ("train", "test"))

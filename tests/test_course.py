@@ -11,7 +11,15 @@ import torch
 
 from fusion_edu import __main__ as cli
 from fusion_edu import course
-from fusion_edu.course import Experiment, Result, experiment_named, load_results, results_table, save_results
+from fusion_edu.course import (
+    Experiment,
+    Result,
+    experiment_named,
+    load_results,
+    results_table,
+    run_experiment,
+    save_results,
+)
 from fusion_edu.datasets import CLASSES
 from fusion_edu.flops import count_parameters
 from fusion_edu.plotting import plot_metric_vs_cost
@@ -34,7 +42,7 @@ def test_saved_rows_read_back_equal(tmp_cache):
 
 
 def test_rows_of_two_notebooks_or_seeds_are_refused(tmp_cache):
-    with pytest.raises(ValueError, match=r"one notebook and one seed, got notebooks \['01', '02'\]"):
+    with pytest.raises(ValueError, match=r"one notebook, one seed and one recipe, got notebooks \['01', '02'\]"):
         save_results([row(notebook="01"), row(notebook="02")])
     with pytest.raises(ValueError, match=r"seeds \[0, 1\]"):
         save_results([row(seed=0), row(seed=1)])
@@ -86,8 +94,9 @@ def test_metric_vs_cost_draws_a_panel_per_task_and_a_point_per_model():
 def test_arguments_of_run_all():
     arguments = cli.parse_arguments(["run-all", "--only", "03", "--only", "crossvit", "--device", "cpu",
                                      "--seed", "2"])
-    assert (arguments.only, arguments.device, arguments.seed, arguments.threads) == (
-        ["03", "crossvit"], "cpu", 2, cli.NOTEBOOK_THREADS)
+    assert (arguments.only, arguments.device, arguments.seed, arguments.threads, arguments.longer) == (
+        ["03", "crossvit"], "cpu", 2, None, False)  # threads: $FUSION_EDU_THREADS, else the cores
+    assert cli.parse_arguments(["run-all", "--threads", "1", "--longer"]).longer
     with pytest.raises(SystemExit):
         cli.parse_arguments(["run-all", "--seed", "one"])
     with pytest.raises(SystemExit, match=r"run-all: expected a notebook number or name .* got 'nine'"):
@@ -99,12 +108,12 @@ def tiny_experiment(small_scenes, monkeypatch):
     """A real experiment, small: a 1-layer ViT trained one epoch on 200 scenes (cached like the course's)."""
     data = {key: small_scenes[key] for key in ("rgb", "label")}
 
-    def run(device: torch.device, seed: int, progress: bool) -> list[Result]:
+    def run(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
         with seeded(seed):
             model = VisionTransformer(img_size=32, patch_size=8, num_classes=len(CLASSES), embed_dim=16,
                                       depth=1, num_heads=2, task="segmentation", in_chans=3, modality="rgb")
-        history = fit_or_load(f"tiny_seed{seed}", model, data, None, TrainConfig(epochs=1, seed=seed), device,
-                              progress)
+        config = TrainConfig(epochs=2 if longer else 1, seed=seed)
+        history = fit_or_load(f"tiny_seed{seed}", model, data, None, config, device, progress)
         return [Result("99", "tiny ViT", "nothing", "none", "toy segmentation", "train mIoU",
                        evaluate(model, data, device)["miou"], count_parameters(model), 0.1,
                        sum(r["seconds"] for r in history), device.type, seed)]
@@ -127,3 +136,14 @@ def test_run_all_trains_saves_and_reports_then_loads_the_same(tmp_cache, tiny_ex
     assert [r["value"] for r in json.loads((out / "results.json").read_text())] == [first[0].value]
     assert all((out / name).stat().st_size > 0 for name in cli.FIGURES)
     assert "experiments: 100%" in capsys.readouterr().err  # the progress bar
+
+
+def test_the_longer_recipe_saves_and_loads_apart_from_the_default(tmp_cache, tiny_experiment):
+    default = run_experiment("99", torch.device("cpu"), progress=False)
+    longer = run_experiment("99", torch.device("cpu"), progress=False, longer=True)
+    assert [r.longer for r in default] == [False] and [r.longer for r in longer] == [True]
+    assert (tmp_cache / "results" / "99_seed0.json").exists()
+    assert (tmp_cache / "results" / "99_seed0_longer.json").exists()
+    assert load_results()["99"] == default and load_results(longer=True)["99"] == longer
+    with pytest.raises(ValueError, match="one recipe"):
+        save_results([*default, *longer])

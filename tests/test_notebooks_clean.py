@@ -2,6 +2,7 @@
 stored widget state, small enough to read on GitHub, and the same header and closing in each."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,52 @@ def test_the_install_cell_keeps_the_machines_torch(path):
     pip_lines = [line for line in install.splitlines() if '"pip", "install"' in line]
     assert len(pip_lines) == 1 and "torch" not in pip_lines[0], pip_lines  # fusion_edu only: Colab has torch
     assert 'find_spec("fusion_edu") is None' in install  # nothing is installed where the package is present
+
+
+# Portability: the committed outputs are made at one thread count (notebooks/execute.py) and the tests run
+# the notebooks at another (the default, the machine's cores), so only what is the same on any machine may
+# be compared exactly. A marked cell that reads a trained model would fail on the next machine.
+CHECKED = "# NBVAL_CHECK_OUTPUT"
+TRAINED_MODEL_READS = ("run_experiment(", "evaluate(", "predict(", "predicted_masks(", "model_outputs(",
+                       "token_scores_and_masks(", "object_detections(", "modality_accuracies(",
+                       "histories", "print_table(", "load_results(", "in rows")
+TRAINING_CALLS = ("_training(", "run_experiment(")
+
+
+def _sources(path):
+    return ["".join(c["source"]) for c in _code_cells(json.loads(path.read_text()))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_were_made_at_the_committed_thread_count(path):
+    made_at = json.loads(path.read_text())["metadata"].get("fusion_edu", {}).get("outputs_made_at_threads")
+    assert made_at == 1, f"run `python notebooks/execute.py {path.relative_to(path.parents[1])}` (1 thread)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_notebook_takes_its_thread_count_from_the_environment(path):
+    sources = _sources(path)
+    assert not any("set_num_threads" in source for source in sources), "use fusion_edu.train.use_threads()"
+    assert sum("THREADS = use_threads()" in source for source in sources) == 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_compared_exactly_never_read_a_trained_model(path):
+    for source in _sources(path):
+        if source.startswith(CHECKED):
+            reads = [name for name in TRAINED_MODEL_READS if name in source]
+            assert not reads, (f"{CHECKED} on a cell that reads trained models ({reads}): its numbers "
+                               "move between machines; assert them with a margin in the check cell", source)
+
+
+TRAINING_NOTEBOOKS = [p for p in NOTEBOOKS if any(call in s for s in _sources(p) for call in TRAINING_CALLS)]
+
+
+@pytest.mark.parametrize("path", TRAINING_NOTEBOOKS, ids=lambda p: p.name)
+def test_a_training_notebook_has_one_longer_switch_off_and_its_checks_respect_it(path):
+    sources = _sources(path)
+    assert sources[1].startswith("LONGER = False"), "the switch opens the first cell after the install cell"
+    assert sum(len(re.findall(r"^LONGER = ", source, re.MULTILINE)) for source in sources) == 1
+    training = [s for s in sources if any(call in s for call in TRAINING_CALLS)]
+    assert all("longer=LONGER" in s for s in training), "every recipe and experiment follows the switch"
+    assert "if LONGER:" in sources[-1], "the check cell skips its trained-model claims under LONGER"

@@ -1,4 +1,5 @@
 import itertools
+import os
 import re
 
 import pytest
@@ -6,6 +7,14 @@ import torch
 
 from fusion_edu.blocks import Attention
 from fusion_edu.flops import count_flops, count_parameters
+from fusion_edu.recipes import (
+    crossvit_training,
+    lavt_training,
+    mbt_training,
+    point_image_training,
+    rgbd_training,
+    tokenfusion_training,
+)
 from fusion_edu.train import (
     TrainConfig,
     batches,
@@ -17,6 +26,8 @@ from fusion_edu.train import (
     predict,
     save_checkpoint,
     seeded,
+    training_precision,
+    use_threads,
 )
 from fusion_edu.vit import VisionTransformer
 
@@ -121,3 +132,64 @@ def test_attention_flops_are_counted_on_the_cpu_kernel_too():
     projections = 2 * 2 * 5 * 12 * (3 * 12 + 12)  # qkv and the output projection
     products = 2 * (2 * 2 * 3 * 5 * 5 * 4)  # q k^T and A v
     assert count_flops(attention, tokens) == projections + products
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [
+    ((7, 5), torch.float16),  # Colab's free T4: bfloat16 would be emulated
+    ((7, 0), torch.float16),  # V100
+    ((8, 0), torch.bfloat16),  # A100
+    ((8, 6), torch.bfloat16),
+    ((9, 0), torch.bfloat16),  # H100
+])
+def test_precision_follows_what_the_gpu_computes_natively(monkeypatch, capability, dtype):
+    asked = []
+
+    def fake_capability(device=None):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", fake_capability)
+    assert training_precision(CUDA) == dtype
+    assert asked == [CUDA]
+
+
+def test_the_cpu_trains_in_float32_without_asking_for_a_gpu(monkeypatch):
+    def no_gpu(device=None):
+        raise AssertionError("the CPU path must not query a GPU")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_gpu)
+    assert training_precision(torch.device("cpu")) == torch.float32
+
+
+def test_threads_from_the_argument_the_variable_or_the_cores(monkeypatch):
+    monkeypatch.delenv("FUSION_EDU_THREADS", raising=False)
+    assert use_threads(1) == 1 == torch.get_num_threads()
+    monkeypatch.setenv("FUSION_EDU_THREADS", "1")
+    assert use_threads() == 1 == torch.get_num_threads()
+    assert use_threads(2) == 2 == torch.get_num_threads()  # the argument wins over the variable
+    monkeypatch.delenv("FUSION_EDU_THREADS")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert use_threads() == cores == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("setting", ["two", "-1", "1.5", "0"])
+def test_a_bad_thread_setting_names_what_was_expected(monkeypatch, setting):
+    monkeypatch.setenv("FUSION_EDU_THREADS", setting)
+    with pytest.raises(ValueError, match=r"(FUSION_EDU_THREADS to be a positive whole number|at least 1 CPU "
+                                         r"thread).*" + re.escape(setting)):
+        use_threads()
+
+
+RECIPES = (rgbd_training, tokenfusion_training, crossvit_training, mbt_training, point_image_training,
+           lavt_training)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_is_one_recipe_on_every_device_and_longer_only_adds_epochs(recipe):
+    default, longer = recipe(seed=3), recipe(seed=3, longer=True)
+    assert default.seed == longer.seed == 3
+    assert 2 * default.epochs <= longer.epochs <= 4 * default.epochs, (default, longer)
+    assert {**default.__dict__, "epochs": None} == {**longer.__dict__, "epochs": None}
