@@ -1,5 +1,6 @@
 """Execute notebooks the way their committed outputs are made: a fresh kernel, top to bottom, at one
-CPU thread, then stored widget state stripped (it bloats the file and means nothing on another machine).
+CPU thread, then stored widget state and progress bars stripped (they bloat the file and mean nothing on
+another machine).
 
     python notebooks/execute.py notebooks/01_vit_from_scratch.ipynb [more.ipynb ...]
 
@@ -10,6 +11,7 @@ assertions with margins.  The thread count is recorded in the notebook's metadat
 """
 
 import os
+import re
 import sys
 
 import nbformat
@@ -17,6 +19,22 @@ from nbclient import NotebookClient
 
 THREADS_VARIABLE = "FUSION_EDU_THREADS"  # read by fusion_edu.train.use_threads in the kernel
 COMMITTED_THREADS = 1
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PROGRESS_BAR = re.compile(r"^[^\n]*\d+%\|")  # tqdm's text, e.g. "epochs:   0%|          | 0/10"
+
+
+def _is_progress_bar(output: dict) -> bool:
+    """A tqdm bar drawn as a widget: with widget state stripped, only its first text ("0%") would show."""
+    data = output.get("data", {})
+    return WIDGET_VIEW in data and bool(PROGRESS_BAR.match(data.get("text/plain", "")))
+
+
+def strip_widget_state(notebook: nbformat.NotebookNode) -> None:
+    """Drop stored widget state and progress-bar outputs (they mean nothing on another machine)."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [output for output in cell.outputs if not _is_progress_bar(output)]
 
 
 def execute(path: str) -> None:
@@ -24,7 +42,7 @@ def execute(path: str) -> None:
     os.environ[THREADS_VARIABLE] = str(COMMITTED_THREADS)  # the kernel inherits this process's environment
     NotebookClient(notebook, timeout=1200, kernel_name="python3",
                    resources={"metadata": {"path": "notebooks"}}).execute()
-    notebook.metadata.pop("widgets", None)
+    strip_widget_state(notebook)
     notebook.metadata["fusion_edu"] = {"outputs_made_at_threads": COMMITTED_THREADS}
     nbformat.write(notebook, path)
 

@@ -42,7 +42,7 @@ def test_saved_rows_read_back_equal(tmp_cache):
 
 
 def test_rows_of_two_notebooks_or_seeds_are_refused(tmp_cache):
-    with pytest.raises(ValueError, match=r"one notebook, one seed and one recipe, got notebooks \['01', '02'\]"):
+    with pytest.raises(ValueError, match=r"one seed and one recipe, got notebooks \['01', '02'\]"):
         save_results([row(notebook="01"), row(notebook="02")])
     with pytest.raises(ValueError, match=r"seeds \[0, 1\]"):
         save_results([row(seed=0), row(seed=1)])

@@ -107,3 +107,12 @@ def test_a_training_notebook_has_one_longer_switch_off_and_its_checks_respect_it
     training = [s for s in sources if any(call in s for call in TRAINING_CALLS)]
     assert all("longer=LONGER" in s for s in training), "every recipe and experiment follows the switch"
     assert "if LONGER:" in sources[-1], "the check cell skips its trained-model claims under LONGER"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_progress_bar_is_stored(path):
+    """A tqdm bar stored without its widget state shows a frozen "0%" on GitHub: execute.py drops them."""
+    outputs = [o for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+    stored = [o["data"]["text/plain"] for o in outputs
+              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not [text for text in stored if "%|" in "".join(text)], stored
