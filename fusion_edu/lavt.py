@@ -100,7 +100,9 @@ class PWAM(nn.Module):
         key, value = self.key(words) * keep, self.value(words) * keep  # b k t, b c_v t
         heads = self.num_heads
         query, key, value = (rearrange(x, "b (h d) n -> b h n d", h=heads) for x in (query, key, value))
-        logits = query @ key.transpose(-1, -2) * (self.key_dim // self.num_heads) ** -0.5  # b h n t
+        # scaled by all key channels C_k^-1/2 (Sec. 3.2), with any number of heads: the official multi-head
+        # PWAM does the same (not a per-head head_dim^-1/2, as in a ViT's attention)
+        logits = query @ key.transpose(-1, -2) * self.key_dim ** -0.5  # b h n t
         logits = logits + MASKED_LOGIT * (~word_mask)[:, None, None, :]  # padding out of the softmax
         weights = logits.softmax(dim=-1)
         language = rearrange(weights @ value, "b h n d -> b (h d) n")  # G_i: one language feature per pixel

@@ -10,7 +10,8 @@ confusion matrix ``M[t, p]``.  Then, for class c,
 Referring segmentation (LAVT, notebook 07) scores one binary mask per (image, expression) instead, as
 the referring-segmentation literature does: per-sample IoU_i = |P_i ∩ G_i| / |P_i ∪ G_i| (0 for an empty
 union), **mIoU** = the mean of the IoU_i, **oIoU** = Σ_i |P_i ∩ G_i| / Σ_i |P_i ∪ G_i| (large objects weigh
-more), and **precision@k** = the share of samples with IoU_i > k.
+more), and **precision@k** = the share of samples with IoU_i >= k (the official evaluation's rule: LAVT-RIS
+``test.py`` counts ``this_iou >= eval_seg_iou``).
 """
 
 from __future__ import annotations
@@ -95,4 +96,4 @@ def referring_scores(predictions: Tensor, targets: Tensor,
     intersection, union = _intersection_union(predictions, targets)
     ious = sample_iou(predictions, targets)
     scores = {"miou": ious.mean().item(), "oiou": (intersection.sum() / union.sum().clamp(min=1)).item()}
-    return scores | {f"precision@{k}": (ious > k).double().mean().item() for k in thresholds}
+    return scores | {f"precision@{k}": (ious >= k).double().mean().item() for k in thresholds}

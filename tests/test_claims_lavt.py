@@ -10,13 +10,15 @@ scenes, scored on 1,000 test scenes and on their one-word counterfactual edits (
   and its IoU with the original target at most ``STAY_AT_MOST``.  Objects do not overlap, so a mask that
   ignored the edit would score about 0 on the first and its ordinary IoU (0.5-0.6) on the second.
 - **No ranking at this scale.**  LAVT and late fusion stay within ``COMPARABLE`` mIoU of each other on
-  every seed, and which one leads changes with the seed (measured: LAVT - late = +0.051, -0.036, -0.017;
-  on relation expressions +0.099, -0.006, +0.020).  The paper's ranking (LAVT ahead, most on relations)
-  does not reproduce with 64 x 64 scenes, 10 epochs and a frozen MiniLM, and the notebook says so; this
-  test holds the notebook to it, and fails the day a change makes one of them lead on every seed.
+  every seed, and which one leads changes with the seed (one recorded run: LAVT - late = +0.051, -0.036,
+  -0.017; on relation expressions +0.099, -0.006, +0.020; seed 0 moves with the machine and thread
+  count).  No difference is detectable with 64 x 64 scenes, 10 epochs and a frozen MiniLM: three seeds
+  neither confirm nor refute the paper's ranking (LAVT ahead, most on relations), and the notebook says so;
+  this test holds the notebook to it, and fails the day a change makes one of them lead on every seed.
 
-Seed 0 is the notebook's own run, trained in the shared cache (``data/models``, 2 threads as the notebook
-runs): whichever of this test and the notebook comes first trains it, and the other loads it.
+Seed 0 is the notebook's own run, trained in the shared cache (``data/models``, at the notebooks' thread
+count, ``use_threads``): whichever of this test and the notebook comes first trains it, and the other
+loads it.
 """
 
 import pytest

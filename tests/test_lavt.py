@@ -66,6 +66,25 @@ def test_pwam_is_the_official_layer_sequence_written_out():
         pwam(visual, language, mask[:, :4])
 
 
+def test_multi_head_pwam_scales_by_all_key_channels_as_the_official_code():
+    with seeded(0):
+        pwam = PWAM(visual_dim=16, language_dim=8, num_heads=2).eval()
+    visual, language, mask = _pwam_inputs()
+    pixels, words = visual.transpose(1, 2), language.transpose(1, 2)  # b c n, b c t
+    query = F.instance_norm(pwam.query[0](pixels))
+    key, value = pwam.key(words) * mask[:, None], pwam.value(words) * mask[:, None]
+    heads = []
+    for h in (slice(0, 8), slice(8, 16)):  # each head: 8 of the 16 key and value channels
+        logits = query[:, h].transpose(1, 2) @ key[:, h] / 16**0.5  # b n t: key_channels^-1/2, not 8^-1/2
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        heads.append(value[:, h] @ logits.softmax(-1).transpose(1, 2))  # b 8 n
+    attended = F.instance_norm(pwam.attention_output[0](torch.cat(heads, dim=1)))
+    by_hand = F.gelu(pwam.fused_projection[0](F.gelu(pwam.visual_projection[0](pixels)) * attended))
+    fused, weights = pwam(visual, language, mask)
+    assert weights.shape == (2, 2, visual.shape[1], language.shape[1])
+    torch.testing.assert_close(fused, by_hand.transpose(1, 2), atol=1e-5, rtol=1e-4)
+
+
 def test_the_gate_starts_closed_and_learns_but_zeroing_both_layers_kills_it():
     torch.manual_seed(0)
     fused, visual = torch.randn(4, 10, 16), torch.randn(4, 10, 16)

@@ -71,7 +71,8 @@ def test_referring_scores_mean_iou_is_per_sample_overall_iou_is_pooled():
     scores = referring_scores(predictions, targets)
     assert scores["miou"] == pytest.approx(0.5)
     assert scores["oiou"] == pytest.approx((8 + 0 + 4) / (8 + 2 + 8))  # the large objects weigh more
-    assert scores["precision@0.5"] == pytest.approx(1 / 3)  # strictly above 0.5
+    assert scores["precision@0.5"] == pytest.approx(2 / 3)  # IoU exactly 0.5 counts, as in LAVT-RIS's test.py
+    assert scores["precision@0.6"] == pytest.approx(1 / 3)
     assert scores["precision@0.9"] == pytest.approx(1 / 3)
     empty = torch.zeros(1, 4, 4, dtype=torch.bool)
     assert sample_iou(empty, empty).item() == 0.0  # an empty union counts as 0
