@@ -10,7 +10,7 @@ image arrays): the camera looks along its +z axis, x points right and y points d
 columns and v rows, and pixel (i, j) covers u in [j, j + 1), v in [i, i + 1).
 
 Used twice: by the point-cloud + image scenes (``datasets.pointcloud``: rays cast through pixels
-render the image and sample the point cloud) and by TokenFusion's point-to-patch projection (Eq. 2).
+render the image and sample the point cloud) and by TokenFusion's point-to-patch projection (Eqs. 8-9).
 """
 
 from __future__ import annotations

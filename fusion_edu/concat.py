@@ -3,9 +3,9 @@
 - ``TokenConcatFusion``: *alignment-agnostic* early fusion, as ViLT (Kim et al., ICML 2021) fuses
   words and patches: every modality is tokenised on its own (its own patch embedding, its own
   positional embedding, a learned modality-type embedding), the token sequences are concatenated
-  along the token axis, ``[CLS; e^1; e^2]`` (TokenFusion's Eq. 1), and one shared transformer
-  attends over all of them.  Nothing tells the model that token i of RGB and token i of depth
-  show the same place: it must learn that from data.
+  along the token axis, ``[CLS; e^1; e^2]`` (ViLT's concatenation: TokenFusion's Sec. 3.1 describes
+  it in words, with no equation), and one shared transformer attends over all of them.  Nothing tells
+  the model that token i of RGB and token i of depth show the same place: it must learn that from data.
 - ``InputFusion``: *alignment-aware* fusion of the inputs (TokenFusion's Eq. 2-3 with the
   projection h = identity): aligned tokens are summed, e = e^1 + e^2, one token per position.
   With linear patch embeddings, summing the per-modality tokens x^1 E_1 + x^2 E_2 is exactly one
@@ -65,7 +65,7 @@ class LearnedEnsemble(nn.Module):
 
 
 class TokenConcatFusion(nn.Module):
-    """Alignment-agnostic token concatenation into one shared transformer (ViLT-style, Eq. 1).
+    """Alignment-agnostic token concatenation into one shared transformer (ViLT-style).
 
     ``modalities`` maps each modality's name to its channel count, e.g. ``{"rgb": 3, "depth": 1}``.
     Tokens: ``[CLS; E_1 x^1 + P_1 + t_1; E_2 x^2 + P_2 + t_2]`` with per-modality positional
@@ -99,7 +99,7 @@ class TokenConcatFusion(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """Eq. 1: ``[CLS; E_1 x^1 + P_1 + t_1; ...; E_M x^M + P_M + t_M]``, ``(b, 1 + M N, d)``."""
+        """``[CLS; E_1 x^1 + P_1 + t_1; ...; E_M x^M + P_M + t_M]``, ``(b, 1 + M N, d)``."""
         sequences = [self.patch_embeds[m](select_modality(inputs, m)) + self.pos_embeds[m]
                      + self.modality_embed[i] for i, m in enumerate(self.modalities)]  # M x (b n d)
         cls = self.cls_token.expand(sequences[0].shape[0], -1, -1)

@@ -234,7 +234,8 @@ class MBTOutput(ModelOutput):
 
 class MBT(nn.Module):
     """The audio-visual transformer of Sec. 3, small: frames as tubelets, the spectrogram as
-    AST-style square patches, ``depth`` layers per modality, fusion from ``fusion_layer`` on."""
+    AST-style square patches (not overlapping; AST's are 16x16 at stride 10), ``depth`` layers per
+    modality, fusion from ``fusion_layer`` on."""
 
     def __init__(self, num_frames: int = 4, frame_size: int = 32, frame_chans: int = 1,
                  tubelet: tuple[int, int] = (2, 8), spectrogram_size: int = 32, spectrogram_patch: int = 8,

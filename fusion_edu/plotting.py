@@ -282,7 +282,7 @@ def plot_point_substitution(image: Tensor, points: Tensor, seeds: Tensor, scores
     patches those tokens took their features from outlined in red.
 
     ``image (3, H, W)``, ``points (n, 3)`` the whole cloud, ``seeds (m, 3)``, and per seed for one
-    layer: ``scores``, ``substituted`` and ``patch_index (m,)`` (Eq. 2's patch).
+    layer: ``scores``, ``substituted`` and ``patch_index (m,)`` (Eq. 9's patch).
     """
     if not scores.shape == substituted.shape == patch_index.shape == seeds.shape[:1]:
         raise ValueError(f"expected one score, substitution flag and patch per seed ({len(seeds)}), got "
