@@ -5,7 +5,7 @@ Data, initialisation and shuffling all change with the seed.
 - The dual-branch CrossViT (cross-attention fusion) beats each single branch.
 - Cross-attention fusion costs fewer FLOPs than all-attention fusion, at equal or better accuracy.
 
-Measured (2-core CPU, 5 epochs, 3,000 training / 1,000 test images): see the README's results table.
+Measured (2-core CPU, 5 epochs, 3,000 training / 1,000 test images): see RESULTS.md.
 """
 
 import pytest

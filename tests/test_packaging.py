@@ -54,3 +54,10 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.+?)\n```", readme)
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_lands_in_two_minutes_and_links_the_details():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme) < 10_000, "keep the landing page short: details go to RESULTS.md and BENCHMARKS.md"
+    for details in ("RESULTS.md", "BENCHMARKS.md"):
+        assert f"]({details})" in readme and (ROOT / details).exists(), details
