@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import AutoLocator
 from torch import Tensor
 
 from .datasets.rgbd import validate_rgbd
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "attention_heatmap",
+    "colour_scale",
     "draw_patch_grid",
     "label_colormap",
     "outline_patches",
@@ -62,6 +65,13 @@ def _panels(count: int, rows: int = 1) -> tuple[Figure, np.ndarray]:
         ax.set_xticks([])
         ax.set_yticks([])
     return fig, axes
+
+
+def colour_scale(fig: Figure, shown: AxesImage, axes: plt.Axes | Sequence[plt.Axes], label: str) -> None:
+    """A colour bar beside ``axes`` (one panel or several sharing ``shown``'s scale), labelled."""
+    bar = fig.colorbar(shown, ax=axes, fraction=0.046, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def _rgb(image: Tensor) -> np.ndarray:
@@ -153,9 +163,10 @@ def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, 
         draw_patch_grid(ax, image.shape[-1], patch_size)
         outline_patches(ax, torch.arange(grid * grid) == query, patch_size)
     axes[0, 0].set_title(f"query patch {query} (row {row}, col {col})", fontsize=8)
-    axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
-                      alpha=0.75)
+    shown = axes[0, 1].imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma",
+                              alpha=0.75, vmin=0)
     axes[0, 1].set_title(f"layer {layer}, head {head}; to CLS: {cls_share:.2f}", fontsize=8)
+    colour_scale(fig, shown, axes[0, 1], "attention weight")
     return fig
 
 
@@ -178,10 +189,13 @@ def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, ti
     axes[0, 0].imshow(_rgb(image), cmap="viridis_r")
     draw_patch_grid(axes[0, 0], image.shape[-1], patch_size)
     axes[0, 0].set_title(title, fontsize=8)
+    highest = max(row[1:].max().item() for _, row in rows)  # one scale for every panel
     for ax, (name, row) in zip(axes[0, 1:], rows, strict=True):
         heatmap = row[1:].reshape(grid, grid).numpy()
-        ax.imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma", vmin=0)
+        shown = ax.imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma", vmin=0,
+                          vmax=highest)
         ax.set_title(f"{name}; on itself {row[0].item():.2f}", fontsize=8)
+    colour_scale(fig, shown, list(axes[0, 1:]), "attention weight")
     return fig
 
 
@@ -203,8 +217,9 @@ def plot_bottleneck_attention(maps: Mapping[str, Mapping[str, Tensor]], bottlene
         bottleneck = f"bottleneck {bottleneck_index}"
         for ax, key, what in ((axes[row, 0], "reads", f"{bottleneck} reads {modality}"),
                               (axes[row, 1], "read_by", f"{modality} tokens read {bottleneck}")):
-            ax.imshow(_grid_image(pieces[key]), cmap="magma", vmin=0, origin=origin)
+            shown = ax.imshow(_grid_image(pieces[key]), cmap="magma", vmin=0, origin=origin)
             ax.set_title(what, fontsize=8)
+            colour_scale(fig, shown, ax, "attention weight")
         axes[row, 0].set_xlabel(f"on its CLS {pieces['reads_cls'].item():.2f}, on the bottlenecks "
                                 f"{pieces['reads_bottlenecks'].item():.2f}", fontsize=7)
     return fig
@@ -235,9 +250,11 @@ def plot_token_scores(images: Mapping[str, Tensor], scores: Mapping[str, Tensor]
                    "score s(e)"),
                   (corrupted[modality].cpu().numpy(), {"cmap": "gray", **unit}, "ground truth: corrupted"))
         for ax, (values, style, title) in zip(axes[row], panels, strict=True):
-            ax.imshow(values, **style)
+            shown = ax.imshow(values, **style)
             outline_patches(ax, below, patch_size)
             ax.set_title(title, fontsize=8)
+            if title == "score s(e)":
+                colour_scale(fig, shown, ax, "score")
     return fig
 
 
@@ -330,20 +347,25 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
     fig, axes = _panels(count, rows=-(-count // PANELS_PER_ROW))
     axes = axes.ravel()
     axes[0].imshow(_rgb(image))
-    axes[0].imshow(np.ma.masked_where(~mask.cpu().numpy(), mask.cpu().numpy()), cmap="cool", alpha=0.6,
-                   vmin=0, vmax=1)
-    axes[0].set_title(f'"{expression}"', fontsize=8)
+    outline = mask.cpu().float().numpy()
+    for colour, width in (("black", 3.0), ("white", 1.2)):  # white on black: visible on any colour
+        axes[0].contour(outline, levels=[0.5], colors=colour, linewidths=width)
+    axes[0].set_title(f'"{expression}" (mask outlined)', fontsize=8)
     size = image.shape[1:]
     for ax, word, weights in zip(axes[1:count - 1], words, word_attention, strict=True):
         ax.imshow(_rgb(image), alpha=0.35)
         upsampled = torch.nn.functional.interpolate(weights[None, None].float(), size=size, mode="nearest")
-        ax.imshow(upsampled[0, 0].cpu().numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
+        shown = ax.imshow(upsampled[0, 0].cpu().numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
         ax.set_title(f"{word!r}, stage {stage}", fontsize=8)
+    if words:
+        colour_scale(fig, shown, list(axes), "pixel's attention on the word")  # beside the whole grid
     bars = axes[count - 1]
     stages = range(1, len(gate_openings) + 1)
     bars.bar(stages, gate_openings, color="tab:green")
-    bars.set(xticks=stages, xlabel="stage", ylim=(0, max(0.05, *gate_openings) * 1.2))
-    bars.set_title("gate opening mean |S_i|", fontsize=8)
+    bars.set(xticks=stages, xlabel="stage", ylabel="mean |S_i|", ylim=(0, max(0.05, *gate_openings) * 1.2))
+    bars.yaxis.set_major_locator(AutoLocator())  # _panels hides ticks: this panel needs its y-axis
+    bars.tick_params(labelsize=6)
+    bars.set_title("gate opening", fontsize=8)
     for ax in axes[count:]:
         ax.set_visible(False)
     return fig

@@ -227,8 +227,10 @@ def test_the_explorer_callbacks_show_what_the_model_computes():
         sample_referring(LAVT(fusion="late"), scenes, 1, own)
     figure = plot_referring(scenes["image"][1], own, sample["mask"], sample["words"],
                             sample["word_attention"][0], sample["gate_openings"], stage=1)
-    shown = [ax for ax in figure.axes if ax.get_visible()]
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert len(shown) == 2 + len(sample["words"]) and shown[1].get_title() == f"{own.split()[0]!r}, stage 1"
+    assert len(shown[0].collections) == 2  # the mask outlined twice, black under white: seen on any colour
+    assert shown[-1].get_ylabel() == "mean |S_i|" and len(shown[-1].get_yticks()) > 1  # the gates' y-axis
     assert shown[0].images[0].get_array().max() <= 1  # the uint8 scene is shown as it is, not clipped white
     plt.close(figure)
     image, words, attention, gates = scenes["image"][1], sample["words"], sample["word_attention"][0], [0.1]

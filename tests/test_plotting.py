@@ -49,6 +49,7 @@ def test_attention_widget_callback_draws_the_heatmap():
     expected = np.kron(attention[0, 1, 3, 1:].reshape(2, 2).numpy(), np.ones((4, 4)))
     np.testing.assert_allclose(shown, expected)
     assert "layer 0, head 1" in figure.axes[1].get_title()
+    assert figure.axes[-1].get_label() == "<colorbar>" and figure.axes[-1].get_ylabel() == "attention weight"
     assert f"{attention[0, 1, 3, 0]:.2f}" in figure.axes[1].get_title()
     plt.close(figure)
     with pytest.raises(ValueError, match=r"query patch must lie in \[0, 4\), got 4"):
@@ -95,7 +96,9 @@ def test_plot_token_scores_outlines_the_tokens_below_theta():
     scores = {"rgb": torch.tensor([0.5, 0.01, 0.5, 0.5]), "depth": torch.tensor([0.3, 0.3, 0.3, 0.1])}
     corrupted = {m: torch.zeros(8, 8, dtype=torch.bool) for m in images}
     fig = plot_token_scores(images, scores, corrupted, threshold=0.02, patch_size=4)
-    rgb_axes, depth_axes = fig.axes[:3], fig.axes[3:]
+    rgb_axes, depth_axes = fig.axes[:3], fig.axes[3:6]
+    scales = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(scales) == 2 and scales[0].get_ylabel() == "score"  # the score panels' colour scales
     assert all(_outlined(ax) == [(3.5, -0.5)] for ax in rgb_axes)  # token 1: row 0, column 1
     assert all(_outlined(ax) == [] for ax in depth_axes)
     plt.close(fig)
@@ -129,8 +132,10 @@ def test_token_score_explorer_reads_the_models_scores():
 def test_plot_cls_cross_attention_draws_each_head_over_the_other_grid():
     weights = torch.softmax(torch.randn(3, 1 + 16), dim=-1)  # 3 heads, CLS + a 4x4 grid
     figure = plot_cls_cross_attention(torch.rand(3, 32, 32), weights, 8, "S CLS")
-    panels = figure.axes
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 1 + 1 + 3  # image, mean, three heads
+    assert len(figure.axes) == len(panels) + 1  # one colour scale, shared by the heatmaps
+    assert {ax.images[0].get_clim() for ax in panels[1:]} == {(0, weights[:, 1:].max().item())}
     np.testing.assert_allclose(panels[1].images[0].get_array()[::8, ::8],
                                weights.mean(0)[1:].reshape(4, 4).numpy(), rtol=1e-6)
     np.testing.assert_allclose(panels[4].images[0].get_array()[8, 16], weights[2, 1 + 4 + 2].item())
@@ -177,8 +182,8 @@ def test_plot_bottleneck_attention_lays_time_slices_side_by_side():
             "spectrogram": {"reads": torch.rand(2, 3), "read_by": torch.rand(2, 3),
                             "reads_cls": torch.tensor(0.0), "reads_bottlenecks": torch.tensor(0.1)}}
     figure = plot_bottleneck_attention(maps, 2)
-    panels = figure.axes
-    assert len(panels) == 4
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and len(figure.axes) == 8  # each heatmap with its colour scale
     np.testing.assert_array_equal(panels[0].images[0].get_array(), [[0, 1, 4, 5], [2, 3, 6, 7]])
     np.testing.assert_array_equal(panels[1].images[0].get_array()[:, 2:], [[5, 6], [7, 8]])
     np.testing.assert_allclose(panels[2].images[0].get_array(), maps["spectrogram"]["reads"].numpy())
