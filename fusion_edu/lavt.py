@@ -10,7 +10,9 @@ names out.  LAVT fuses language *inside* the vision encoder, after every stage i
 
 and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here: PWAM, the gate, the decoder,
 the class weights of the loss, two text encoders behind one interface, and the whole model on timm's
-Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.
+Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.  At the
+course's size every stage has one block, so Swin's shifted windows never occur (timm gives every first
+block shift 0): the encoder is Swin's hierarchy, windowed attention and patch merging, without shifts.
 
 **Text encoders.**  Both give per-word features ``(b t d)`` from their own ``tokenize(expressions)``'s
 ids and padding mask, and say their width in ``dim``: ``TextTransformer``, a small transformer trained

@@ -248,3 +248,12 @@ def test_the_pretrained_encoder_fine_tunes_when_asked(minilm):
     assert tuned.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert not tuned._remembered  # nothing is remembered: the features change as it trains
     torch.testing.assert_close(tuned.eval()(ids, mask), minilm(ids, mask), atol=1e-5, rtol=1e-4)
+
+
+def test_the_course_encoder_has_swins_hierarchy_but_no_shifted_windows():
+    """What notebook 07 says of the encoder: one block per stage, so no block shifts its windows."""
+    model = LAVT(fusion="late")
+    blocks = [block for stage in model.stages for block in stage.blocks]
+    assert len(blocks) == len(model.stages) == 4
+    assert all(tuple(block.shift_size) == (0, 0) for block in blocks)
+    assert [tuple(block.window_size) for block in blocks] == [(4, 4), (4, 4), (4, 4), (2, 2)]
