@@ -182,7 +182,7 @@ def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets
 def sample_point_substitution(model: nn.Module, data: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
     """One heterogeneous TokenFusion forward of scene ``index``: the cloud ``points (n 3)``, the
     ``seeds (m 3)``, per layer their ``scores`` and ``substituted`` flags ``(L m)``, and each seed's
-    Eq. 2 ``patch_index (m)``."""
+    Eqs. 8-9 ``patch_index (m)``."""
     if not model.fusion:
         raise ValueError("the explorer shows a fused model's substitutions, "
                          "got a point-only model (fusion=False)")

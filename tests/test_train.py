@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from fusion_edu import train as train_module
 from fusion_edu.blocks import Attention
 from fusion_edu.flops import count_flops, count_parameters
 from fusion_edu.recipes import (
@@ -193,3 +194,23 @@ def test_every_recipe_is_one_recipe_on_every_device_and_longer_only_adds_epochs(
     assert default.seed == longer.seed == 3
     assert 2 * default.epochs <= longer.epochs <= 4 * default.epochs, (default, longer)
     assert {**default.__dict__, "epochs": None} == {**longer.__dict__, "epochs": None}
+
+
+def test_fit_scales_the_loss_when_autocast_computes_in_float16(monkeypatch, small_scenes):
+    """The float16 path (a GPU below compute capability 8.0), run on the CPU: autocast in float16, the loss
+    scaled by a GradScaler and unscaled before clipping; it must still learn."""
+    monkeypatch.setattr(train_module, "training_precision", lambda device: torch.float16)
+    scaled = []
+    original_scale = torch.amp.GradScaler.scale
+
+    def recording_scale(self, outputs):
+        scaled.append(self.is_enabled())
+        return original_scale(self, outputs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", recording_scale)
+    data = {key: small_scenes[key] for key in ("depth", "label")}
+    model = _model()
+    history = fit(model, data, config=FAST, device=torch.device("cpu"), progress=False)
+    assert scaled and all(scaled)  # every step went through an enabled scaler
+    assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    assert all(torch.isfinite(p).all() for p in model.parameters())
