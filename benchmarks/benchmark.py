@@ -12,14 +12,18 @@ ViT and CrossViT against timm's, and (``--notebooks``) each notebook's wall time
 - *Peak memory*: each model is measured in a fresh process; on a CPU the process's peak resident memory
   minus its resident memory just before training (the training's own footprint: activations, gradients,
   optimiser state), on CUDA ``torch.cuda.max_memory_allocated`` during training.
-- *Notebooks*: ``pytest --nbval-lax`` on each notebook in turn, in a fresh process, with the data cache as
-  it is (``--cold``: an empty temporary cache shared by the notebooks in order, as on a clean clone).
+- *Notebooks*: ``pytest --nbval-lax -n 0`` on each notebook in turn (alone, on every core), in a fresh
+  process, with the data cache as it is (``--cold``: an empty temporary cache shared by the notebooks in
+  order, as on a clean clone); and where each one's time goes: training, evaluation, data and plotting,
+  timed inside its kernel by ``notebook_timer.py`` (an IPython startup file the benchmark installs), the
+  rest as "other".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -229,22 +233,55 @@ def measure_against_timm(arguments: argparse.Namespace) -> list[dict]:
 
 # --- notebooks under nbval -----------------------------------------------------------------------------
 
-def time_notebooks(cold: bool) -> list[tuple[str, float, int]]:
-    """(notebook, wall seconds, pytest's exit code) of ``pytest --nbval-lax`` on each notebook in turn."""
-    environment = dict(os.environ)
-    cache = tempfile.TemporaryDirectory(prefix="fusion_edu_cold_") if cold else None
-    if cache is not None:
-        environment["FUSION_EDU_DATA"] = cache.name
+TIMINGS = ("training", "evaluation", "data", "plotting")  # what notebook_timer.py measures, in its order
+
+
+def _timer_profile(folder: Path) -> dict[str, str]:
+    """An IPython folder whose startup runs notebook_timer.py in every kernel, and where it writes."""
+    startup = folder / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00_notebook_timer.py").write_text((REPO / "benchmarks" / "notebook_timer.py").read_text())
+    return {"IPYTHONDIR": str(folder / "ipython"), "FUSION_EDU_TIMINGS": str(folder / "timings.json")}
+
+
+def time_notebooks(cold: bool) -> list[dict]:
+    """Per notebook: wall seconds of ``pytest --nbval-lax`` on it alone, pytest's exit code, and the seconds
+    its kernel spent training, evaluating, on data and plotting (``notebook_timer.py``)."""
+    scratch = tempfile.TemporaryDirectory(prefix="fusion_edu_benchmark_")
+    environment = {**os.environ, **_timer_profile(Path(scratch.name))}
+    if cold:
+        environment["FUSION_EDU_DATA"] = str(Path(scratch.name) / "cache")
     rows = []
     for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        timings = Path(environment["FUSION_EDU_TIMINGS"])
+        timings.unlink(missing_ok=True)
         start = time.perf_counter()
-        finished = subprocess.run([sys.executable, "-m", "pytest", "-q", str(notebook.relative_to(REPO))],
-                                  cwd=REPO, env=environment, capture_output=True, text=True)
-        rows.append((notebook.name, time.perf_counter() - start, finished.returncode))
-        print(f"  {notebook.name}: {rows[-1][1]:.0f} s (exit {finished.returncode})", file=sys.stderr)
-    if cache is not None:
-        cache.cleanup()
+        command = [sys.executable, "-m", "pytest", "-q", "-n", "0", str(notebook.relative_to(REPO))]
+        finished = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        parts = json.loads(timings.read_text()) if timings.exists() else dict.fromkeys(TIMINGS, math.nan)
+        rows.append({"notebook": notebook.name, "seconds": seconds, "exit": finished.returncode, **parts})
+        print(f"  {notebook.name}: {seconds:.0f} s (exit {finished.returncode})", file=sys.stderr)
+    scratch.cleanup()
     return rows
+
+
+def print_notebook_table(rows: list[dict], cold: bool) -> None:
+    """Wall time per notebook and where it went (other: kernel start, imports, widgets, the rest)."""
+    print(f"\n| notebook | nbval wall ({'empty' if cold else 'current'} cache) | "
+          + " | ".join(TIMINGS) + " | other | result |")
+    print("|---|---|" + "---|" * len(TIMINGS) + "---|---|")
+    for row in [*rows, _total(rows)]:
+        other = row["seconds"] - sum(row[part] for part in TIMINGS)
+        result = "passed" if row["exit"] == 0 else f"failed ({row['exit']})"
+        print(f"| {row['notebook']} | {row['seconds']:.0f} s | "
+              + " | ".join(f"{row[part]:.0f} s" for part in TIMINGS) + f" | {other:.0f} s | {result} |")
+
+
+def _total(rows: list[dict]) -> dict:
+    exits = {row["exit"] for row in rows}
+    return {"notebook": "**all**", "exit": max(exits, key=abs),
+            **{key: sum(row[key] for row in rows) for key in ("seconds", *TIMINGS)}}
 
 
 # --- the table ----------------------------------------------------------------------------------------
@@ -296,11 +333,7 @@ def main() -> None:
     rows += [_measure_in_fresh_process(name, arguments) for name in [*MODELS, *LAVT_MODELS]]
     print_table(rows, arguments)
     if arguments.notebooks:
-        print(f"\n| notebook | nbval wall time ({'empty' if arguments.cold else 'current'} cache) | result |")
-        print("|---|---|---|")
-        for name, seconds, code in time_notebooks(arguments.cold):
-            print(f"| {name} | {seconds / 60:.1f} min | {'passed' if code == 0 else f'failed ({code})'} |")
-
+        print_notebook_table(time_notebooks(arguments.cold), arguments.cold)
 
 if __name__ == "__main__":
     main()

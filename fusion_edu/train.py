@@ -45,6 +45,7 @@ __all__ = [
     "fit_or_load",
     "learning_rate_factor",
     "load_checkpoint",
+    "machine_cores",
     "model_outputs",
     "predict",
     "save_checkpoint",
@@ -76,7 +77,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _machine_cores() -> int:
+def machine_cores() -> int:
     """The CPU cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -97,7 +98,7 @@ def use_threads(threads: int | None = None) -> int:
         if setting and not setting.isdigit():
             raise ValueError(f"expected ${THREADS_VARIABLE} to be a positive whole number of threads, "
                              f"got {setting!r}")
-        threads = int(setting) if setting else _machine_cores()
+        threads = int(setting) if setting else machine_cores()
     if threads < 1:
         raise ValueError(f"expected at least 1 CPU thread, got {threads}")
     torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
-"""Shared fixtures: a throwaway cache folder and a tiny RGB-D set."""
+"""Shared fixtures: a throwaway cache folder and a tiny RGB-D set; the thread count of parallel workers."""
 
+import os
 from contextlib import contextmanager
 
 import matplotlib
@@ -7,9 +8,29 @@ import pytest
 import torch
 
 from fusion_edu.datasets import RGBDConfig, generate_rgbd_scenes
-from fusion_edu.train import use_threads
+from fusion_edu.train import THREADS_VARIABLE, machine_cores, use_threads
 
 matplotlib.use("Agg")  # no display in this process (notebook kernels keep their own backend)
+
+
+TEST_THREADS = 2  # the unit tests' pinned thread count (a parallel worker's share of the cores instead)
+# A parallel worker on 2 cores runs at 1 thread, the count the committed outputs were made at; so that a test
+# run is still "another machine", its notebook kernels compute as a processor without AVX-512 does (ATen's
+# and MKL's AVX2 code paths: other floating-point sums, the same results up to rounding).
+ANOTHER_PROCESSOR = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n auto``), each worker computes on its share of the cores, not on all of
+    them (two workers at 2 threads each on 2 cores run slower than one), and its notebook kernels, which
+    inherit its environment, as another processor would.  An explicit ``$FUSION_EDU_THREADS`` wins."""
+    global TEST_THREADS
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        os.environ.setdefault(THREADS_VARIABLE, str(max(1, machine_cores() // workers)))
+        for variable, value in ANOTHER_PROCESSOR.items():
+            os.environ.setdefault(variable, value)
+        TEST_THREADS = use_threads()
 
 
 @pytest.fixture
@@ -29,7 +50,7 @@ def small_scenes():
 def _fixed_threads():
     """CPU results depend on the thread count; pin it so tests are reproducible."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(previous)
 

@@ -1,6 +1,7 @@
 """House rules for the committed notebooks: run top to bottom on a fresh kernel, no errors, no
 stored widget state, small enough to read on GitHub, and the same header and closing in each."""
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -116,3 +117,23 @@ def test_no_progress_bar_is_stored(path):
     stored = [o["data"]["text/plain"] for o in outputs
               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert not [text for text in stored if "%|" in "".join(text)], stored
+
+
+def _chains():
+    """notebooks/conftest.py, loaded by path (it is pytest's conftest there, not a module to import)."""
+    spec = importlib.util.spec_from_file_location("notebook_chains", NOTEBOOKS[0].parent / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_notebook_runs_in_one_parallel_chain_after_what_it_loads():
+    chains = _chains()
+    assert [chains.chain_of(path) for path in NOTEBOOKS]  # each has a chain, else chain_of raises
+    for numbers in chains.CHAINS.values():
+        assert list(numbers) == sorted(numbers)  # a worker runs its chain in this order
+    rgbd = chains.CHAINS[chains.chain_of(NOTEBOOKS[1])]
+    assert {"01", "02", "03"} <= set(rgbd)  # 02 and 03 load 01's single-modal models
+    assert any(numbers[-1] == "08" for numbers in chains.CHAINS.values())  # 08 reads every result: last
+    with pytest.raises(ValueError, match="expected a notebook numbered"):
+        chains.chain_of(Path("09_new.ipynb"))
