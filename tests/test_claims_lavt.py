@@ -10,11 +10,11 @@ scenes, scored on 1,000 test scenes and on their one-word counterfactual edits (
   and its IoU with the original target at most ``STAY_AT_MOST``.  Objects do not overlap, so a mask that
   ignored the edit would score about 0 on the first and its ordinary IoU (0.5-0.6) on the second.
 - **No ranking at this scale.**  LAVT and late fusion stay within ``COMPARABLE`` mIoU of each other on
-  every seed, and which one leads changes with the seed (one recorded run: LAVT - late = +0.051, -0.036,
-  -0.017; on relation expressions +0.099, -0.006, +0.020; seed 0 moves with the machine and thread
-  count).  No difference is detectable with 64 x 64 scenes, 10 epochs and a frozen MiniLM: three seeds
-  neither confirm nor refute the paper's ranking (LAVT ahead, most on relations), and the notebook says so;
-  this test holds the notebook to it, and fails the day a change makes one of them lead on every seed.
+  every seed.  Which one leads is not asserted: it moves with the machine (two recorded runs, LAVT - late
+  = +0.051, -0.036, -0.017 at 2 threads; -0.010, -0.015, -0.004 at 1 thread).  No difference is
+  detectable with 64 x 64 scenes, 10 epochs and a frozen MiniLM: three seeds neither confirm nor refute
+  the paper's ranking (LAVT ahead, most on relations), and the notebook says so; this test holds the
+  notebook to it, and fails the day a change opens a gap of ``COMPARABLE`` on a seed.
 
 Seed 0 is the notebook's own run, trained in the shared cache (``data/models``, at the notebooks' thread
 count, ``use_threads``): whichever of this test and the notebook comes first trains it, and the other
@@ -79,8 +79,7 @@ def test_07_an_edited_word_moves_the_mask_onto_the_newly_named_object(lavt_runs)
             assert run["old_target"] < STAY_AT_MOST, (seed, name, run)
 
 
-def test_07_neither_fusion_leads_on_every_seed_at_this_scale(lavt_runs):
+def test_07_lavt_and_late_fusion_land_within_a_few_hundredths_on_every_seed(lavt_runs):
     gaps = [runs["LAVT"]["scores"]["all"]["miou"] - runs["late"]["scores"]["all"]["miou"]
             for runs in lavt_runs.values()]
     assert max(abs(gap) for gap in gaps) < COMPARABLE, gaps
-    assert min(gaps) < 0 < max(gaps), gaps
