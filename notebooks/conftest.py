@@ -1,6 +1,7 @@
-"""The notebooks under parallel test workers (``pytest -n auto --dist loadgroup``, the default in
-pyproject.toml): two chains, each run by one worker in order, so a notebook finds in the cache the models
-its chain's earlier notebooks trained.
+"""The notebooks under parallel test workers (``pytest -n auto --dist loadfile``, the default in
+pyproject.toml).  pytest-xdist's ``loadfile`` gives each worker whole test files; here the notebooks go in
+two chains instead, each run by one worker in order, so that a notebook finds in the cache the models its
+chain's earlier notebooks trained:
 
 - ``rgbd_crossvit``: 00, then 01 (the single-modal ViTs), 02 and 03 (which load them), then 05;
 - ``points_audio_language``: 04, 06, 07, then 08, which reads every notebook's saved results.
@@ -12,9 +13,9 @@ have saved a result when 08 starts, 08 runs that experiment itself, loading what
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 CHAINS = {"rgbd_crossvit": ("00", "01", "02", "03", "05"), "points_audio_language": ("04", "06", "07", "08")}
-NOTEBOOKS = Path(__file__).resolve().parent
 
 
 def chain_of(notebook: Path) -> str:
@@ -27,8 +28,23 @@ def chain_of(notebook: Path) -> str:
                      f"got {notebook.name}")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.suffix == ".ipynb" and item.path.parent == NOTEBOOKS:
-            item.add_marker(pytest.mark.xdist_group(chain_of(item.path)))
+def scope_of(nodeid: str) -> str:
+    """What one worker runs together: a notebook's chain, or any other test's file (its module fixtures,
+    the seed sweeps' trained models, are built once)."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("notebooks/") and path.endswith(".ipynb"):
+        return chain_of(Path(path))
+    return path
+
+
+class NotebookChainScheduling(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+        return scope_of(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileScheduling | None:
+    """With ``--dist loadfile``, notebooks are scheduled by chain (other ``--dist`` modes as xdist has them)."""
+    if config.getoption("dist") == "loadfile":
+        return NotebookChainScheduling(config, log)
+    return None

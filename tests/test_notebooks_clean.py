@@ -132,8 +132,11 @@ def test_every_notebook_runs_in_one_parallel_chain_after_what_it_loads():
     assert [chains.chain_of(path) for path in NOTEBOOKS]  # each has a chain, else chain_of raises
     for numbers in chains.CHAINS.values():
         assert list(numbers) == sorted(numbers)  # a worker runs its chain in this order
-    rgbd = chains.CHAINS[chains.chain_of(NOTEBOOKS[1])]
-    assert {"01", "02", "03"} <= set(rgbd)  # 02 and 03 load 01's single-modal models
+    rgbd = chains.chain_of(NOTEBOOKS[1])
+    assert {"01", "02", "03"} <= set(chains.CHAINS[rgbd])  # 02 and 03 load 01's single-modal models
     assert any(numbers[-1] == "08" for numbers in chains.CHAINS.values())  # 08 reads every result: last
     with pytest.raises(ValueError, match="expected a notebook numbered"):
         chains.chain_of(Path("09_new.ipynb"))
+    # a worker gets a whole chain, or a whole test file (the sweeps' module fixtures train once per file)
+    assert chains.scope_of("notebooks/02_alignment_agnostic_fusion.ipynb::Cell 3") == rgbd
+    assert chains.scope_of("tests/test_claims.py::test_02_x[1]") == "tests/test_claims.py"
