@@ -258,10 +258,12 @@ def mbt_experiment(device: torch.device, seed: int, progress: bool, longer: bool
 
 
 def lavt_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
-    """Notebook 07: LAVT (PWAM and the gated pathway in every stage) vs late fusion, frozen MiniLM."""
+    """Notebook 07: LAVT (PWAM and the gated pathway in every stage) vs the same with its gates closed and vs
+    late fusion, frozen MiniLM."""
     train, test = load_referring_scenes("train"), load_referring_scenes("test")
     text_encoder, results = PretrainedTextEncoder(), []
     runs = (("LAVT", "pwam", "words into every pixel, each encoder stage", "inside"),
+            ("LAVT, gates closed", "closed_gates", "words into every pixel, for the decoder only", "output"),
             ("LAVT, late fusion", "late", "words and pixels after the encoder", "output"))
     for name, fusion, fuses, where in runs:
         model, history = train_lavt(f"{fusion}_minilm", train, lavt_training(seed, longer), fusion,

@@ -10,7 +10,10 @@ names out.  LAVT fuses language *inside* the vision encoder, after every stage i
 
 and a light decoder reads the multimodal F_1..F_4 (Eq. 10).  Built here: PWAM, the gate, the decoder,
 the class weights of the loss, two text encoders behind one interface, and the whole model on timm's
-Swin stages (``LAVT``), with a late-fusion baseline that keeps language out of the encoder.  At the
+Swin stages (``LAVT``), with two controls that keep language out of the encoder: the same LAVT with its
+gates closed (S_i = 0, so E_i = V_i and PWAM's F_i reach the decoder only: fusion after the encoder, by
+the same pixel-word attention), and a late-fusion baseline that multiplies one sentence vector into each
+stage's features for the decoder.  At the
 course's size every stage has one block, so Swin's shifted windows never occur (timm gives every first
 block shift 0): the encoder is Swin's hierarchy, windowed attention and patch merging, without shifts.
 
@@ -55,16 +58,18 @@ from torch import Tensor, nn
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput
 from .datasets.referring import EXPRESSION_TYPES, MAX_WORDS, VOCABULARY, tokenize, validate_referring
 from .metrics import referring_scores
-from .train import predict
+from .train import model_outputs, predict
 
 __all__ = ["FUSIONS", "LAVT", "LOSS_CLASS_WEIGHTS", "MAX_TOKENS", "PWAM", "LAVTOutput", "LanguageGate",
            "MaskDecoder", "PretrainedTextEncoder", "TextTransformer", "language_pathway", "minilm_path",
-           "predicted_masks", "referring_inputs", "scores_by_expression_type"]
+           "pathway_statistics", "predicted_masks", "referring_inputs", "scores_by_expression_type"]
 
 LOSS_CLASS_WEIGHTS = (0.9, 1.1)  # background, target: the official code's class-weighted cross-entropy
 MAX_TOKENS = 16  # WordPiece tokens of a pretrained encoder's input: 9 words, [CLS], [SEP] and room
 MASKED_LOGIT = -1e4  # added to the attention logits of padding words (the official code's constant)
-FUSIONS = ("pwam", "late")  # language inside every stage (LAVT), or only before the decoder (baseline)
+# language inside every stage (LAVT); PWAM's F_i to the decoder only (gates closed); or one sentence vector
+# multiplied into the features for the decoder (late fusion)
+FUSIONS = ("pwam", "closed_gates", "late")
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv1d:
@@ -296,9 +301,12 @@ class LAVTOutput(ModelOutput):
 
 class LAVT(nn.Module):
     """A hierarchical encoder (timm's Swin stages: patch merging between stages, windowed attention), a
-    text encoder, and language fused by PWAM + the gated pathway after every stage (``fusion="pwam"``),
-    or, as the **late-fusion baseline** (``fusion="late"``), the same encoder without PWAM and the
-    sentence (the mean of its word features) multiplied into each stage's features for the decoder only.
+    text encoder, and language fused by PWAM + the gated pathway after every stage (``fusion="pwam"``).
+    Two controls keep language out of the encoder.  ``fusion="closed_gates"``: the same PWAM after every
+    stage, with the gates held shut (S_i = 0 in Eq. 9, so E_i = V_i): F_i reaches the decoder only, and the
+    one thing that differs from LAVT is where language enters.  ``fusion="late"``, the late-fusion
+    baseline: no PWAM, the sentence (the mean of its word features) multiplied into each stage's features
+    for the decoder only.
 
     Inputs (``referring_inputs``): ``image (b 3 H W)`` floats, ``words (b t)`` ids and ``word_mask (b t)``
     from the text encoder's own ``tokenize`` — a ``TextTransformer()`` unless another is given.
@@ -318,12 +326,13 @@ class LAVT(nn.Module):
         dims = [embed_dim * 2**i for i in range(len(depths))]
         self.text = text_encoder or TextTransformer()
         text_dim = self.text.dim
-        if fusion == "pwam":
+        if fusion != "late":
             self.pwams = nn.ModuleList(PWAM(dim, text_dim) for dim in dims)
+        if fusion == "pwam":
             # E_i feeds stage i + 1: the last stage has none to feed (the official code's last gate is
             # computed and never read, so its weights never learn)
             self.gates = nn.ModuleList(LanguageGate(dim) for dim in dims[:-1])
-        else:
+        if fusion == "late":
             self.sentence_projections = nn.ModuleList(nn.Linear(text_dim, dim) for dim in dims)
         # the official code normalises each stage's output for the decoder
         self.output_norms = nn.ModuleList(nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for dim in dims)
@@ -338,17 +347,17 @@ class LAVT(nn.Module):
             visual = stage(x)  # b h w c: V_i
             height, width = visual.shape[1:3]
             flat = rearrange(visual, "b h w c -> b (h w) c")
-            if self.fusion == "pwam":
+            x = visual  # E_i = V_i: what the next stage reads unless an open gate adds language
+            if self.fusion == "late":
+                sentence = (words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # b d_l
+                fused = flat * self.sentence_projections[index](sentence)[:, None]  # language for the decoder
+            else:
                 fused, weights = self.pwams[index](flat, words, mask)  # F_i
                 attention.append(weights)
-                if index < len(self.gates):
+                if self.fusion == "pwam" and index < len(self.gates):
                     combined, opening = language_pathway(flat, fused, self.gates[index])  # E_i
                     openings.append(opening.abs().mean())
                     x = rearrange(combined, "b (h w) c -> b h w c", h=height)
-            else:
-                sentence = (words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # b d_l
-                fused = flat * self.sentence_projections[index](sentence)[:, None]  # language for the decoder
-                x = visual
             fused = self.output_norms[index](fused)
             features.append(rearrange(fused, "b (h w) c -> b c h w", h=height, w=width))
         logits = self.decoder(features, inputs["image"].shape[-2:])
@@ -358,6 +367,41 @@ class LAVT(nn.Module):
 def predicted_masks(model: LAVT, scenes: Mapping) -> Tensor:
     """The masks ``(n H W)`` bool that ``model`` predicts for referring ``scenes``."""
     return predict(model, referring_inputs(scenes, model.text)).bool()
+
+
+def pathway_statistics(model: LAVT, scenes: Mapping) -> dict[str, list[float]]:
+    """Per gated stage, over referring ``scenes``: what the gate S_i = tanh(W_2 ReLU(W_1 F_i)) (Eq. 8)
+    opened to, and what decides it.  ``visual`` and ``fused``, the root mean square of V_i and of F_i
+    (E_i = S_i ⊙ F_i + V_i, Eq. 9: even a gate fully open adds a language term of F_i's size);
+    ``opening``, the mean |S_i|; ``slope``, the mean of tanh's slope 1 - S_i² (1: the gate works in tanh's
+    linear range; near 0: saturated)."""
+    if model.fusion != "pwam":
+        raise ValueError(f"only LAVT (fusion='pwam') has gates, got fusion={model.fusion!r}")
+    sums = {key: [0.0] * len(model.gates) for key in ("visual", "fused", "opening", "slope")}
+
+    def recorder(stage: int, key: str):
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor | tuple) -> None:
+            if key == "visual":
+                sums["visual"][stage] += inputs[0].float().pow(2).mean(dim=(1, 2)).sum().item()
+                return
+            fused, opening = inputs[0].float(), output.float()  # b n c
+            sums["fused"][stage] += fused.pow(2).mean(dim=(1, 2)).sum().item()
+            sums["opening"][stage] += opening.abs().mean(dim=(1, 2)).sum().item()
+            sums["slope"][stage] += (1 - opening.pow(2)).mean(dim=(1, 2)).sum().item()
+        return record
+
+    hooks = [module.register_forward_hook(recorder(stage, key))
+             for stage in range(len(model.gates))
+             for module, key in ((model.pwams[stage], "visual"), (model.gates[stage], "gate"))]
+    try:
+        outputs = model_outputs(model, referring_inputs(scenes, model.text))
+        count = sum(len(batch["image"]) for batch, _ in outputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    means = {key: [total / count for total in totals] for key, totals in sums.items()}
+    root_mean_squares = {key: [mean**0.5 for mean in means[key]] for key in ("visual", "fused")}
+    return means | root_mean_squares
 
 
 def scores_by_expression_type(predictions: Tensor, scenes: Mapping) -> dict[str, dict[str, float]]:

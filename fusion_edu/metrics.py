@@ -12,17 +12,31 @@ the referring-segmentation literature does: per-sample IoU_i = |P_i ∩ G_i| / |
 union), **mIoU** = the mean of the IoU_i, **oIoU** = Σ_i |P_i ∩ G_i| / Σ_i |P_i ∪ G_i| (large objects weigh
 more), and **precision@k** = the share of samples with IoU_i >= k (the official evaluation's rule: LAVT-RIS
 ``test.py`` counts ``this_iou >= eval_seg_iou``).
+
+Comparing two models over a few seeds (``paired_difference``): the per-seed differences d_s = A_s - B_s,
+their mean and standard deviation s_d, Student's t = mean / (s_d / √n) with n - 1 degrees of freedom, and
+the smallest mean difference that a two-sided paired t-test at 5 % would call real at this spread,
+t_crit · s_d / √n.  Three seeds make t_crit 4.30: only a difference several times the seed-to-seed
+spread is detectable.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["PRECISION_THRESHOLDS", "accuracy", "confusion_matrix", "grouped_accuracy", "iou_per_class",
-           "mean_iou", "referring_scores", "sample_iou"]
+__all__ = ["PRECISION_THRESHOLDS", "T_CRITICAL_95", "PairedDifference", "accuracy", "confusion_matrix",
+           "grouped_accuracy", "iou_per_class", "mean_iou", "paired_difference", "referring_scores",
+           "sample_iou"]
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # precision@k, as in LAVT's tables
+# two-sided 5 % critical values of Student's t by degrees of freedom (n seeds give n - 1)
+T_CRITICAL_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int) -> Tensor:
@@ -97,3 +111,33 @@ def referring_scores(predictions: Tensor, targets: Tensor,
     ious = sample_iou(predictions, targets)
     scores = {"miou": ious.mean().item(), "oiou": (intersection.sum() / union.sum().clamp(min=1)).item()}
     return scores | {f"precision@{k}": (ious >= k).double().mean().item() for k in thresholds}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A - B over paired seeds: the differences, their mean and standard deviation, Student's t, and
+    ``detectable``, the smallest mean difference a paired t-test at 5 % would call real at this spread."""
+
+    differences: tuple[float, ...]
+    mean: float
+    std: float
+    t: float
+    detectable: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether the paired t-test at 5 % (two-sided) finds a difference."""
+        return abs(self.mean) > self.detectable
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifference:
+    """Scores ``a`` and ``b`` of two models on the same seeds (seed s: ``a[s]``, ``b[s]``) compared by a
+    paired t-test (see the module docstring)."""
+    if len(a) != len(b) or len(a) - 1 not in T_CRITICAL_95:
+        raise ValueError(f"expected two equally long score lists of 2-{max(T_CRITICAL_95) + 1} seeds, got "
+                         f"{len(a)} and {len(b)}")
+    differences = tuple(x - y for x, y in zip(a, b, strict=True))
+    mean, std = statistics.mean(differences), statistics.stdev(differences)
+    standard_error = std / math.sqrt(len(differences))
+    t = mean / standard_error if standard_error else math.copysign(math.inf, mean)
+    return PairedDifference(differences, mean, std, t, T_CRITICAL_95[len(differences) - 1] * standard_error)

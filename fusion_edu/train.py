@@ -70,6 +70,8 @@ class TrainConfig:
     warmup_fraction: float = 0.1  # share of all steps spent warming up
     grad_clip: float = 1.0  # max global gradient norm
     seed: int = 0
+    # (name prefix, factor) pairs: parameters whose name starts with the prefix train at lr × factor
+    lr_factors: tuple[tuple[str, float], ...] = ()
 
 
 def default_device() -> torch.device:
@@ -150,15 +152,24 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW's groups: weight decay on weight matrices only; lr × factor for the prefixes of ``lr_factors``
+    (the groups at the plain lr first, so the history's ``lr`` is the config's)."""
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    unmatched = [prefix for prefix, _ in config.lr_factors if not any(n.startswith(prefix) for n in names)]
+    if unmatched:
+        raise ValueError(f"lr_factors name parameter prefixes of the model, got {unmatched} (no trainable "
+                         f"parameter starts with them)")
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         is_matrix = parameter.ndim >= 2 and name.endswith("weight")
-        (decay if is_matrix else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        factor = next((factor for prefix, factor in config.lr_factors if name.startswith(prefix)), 1.0)
+        groups.setdefault((factor, config.weight_decay if is_matrix else 0.0), []).append(parameter)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0] != 1.0, -item[0][1]))
+    return [{"params": parameters, "weight_decay": decay, "lr": config.lr * factor}
+            for (factor, decay), parameters in ordered]
 
 
 def _autocast(device: torch.device):
@@ -211,7 +222,7 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
                        f"got keys {sorted(train_data)}")
     device = device or default_device()
     model.to(device)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr)
     # float16 autocast needs the loss scaled (and unscaled before clipping); elsewhere a pass-through
     scaler = torch.amp.GradScaler(device.type, enabled=training_precision(device) == torch.float16)
     count = len(train_data[LABEL_KEY])

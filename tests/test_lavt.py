@@ -14,6 +14,7 @@ from fusion_edu.lavt import (
     MaskDecoder,
     PretrainedTextEncoder,
     language_pathway,
+    pathway_statistics,
     referring_inputs,
 )
 from fusion_edu.plotting import plot_referring
@@ -150,11 +151,51 @@ def test_lavt_forward_shapes_and_padding_invariance(fusion):
     garbage[~batch["word_mask"]] = VOCABULARY.index("circle")  # real words hidden in the padding slots
     again = model({**batch, "words": garbage})
     torch.testing.assert_close(again.logits, output.logits)
-    if fusion == "pwam":
+    if fusion == "late":
+        assert output.word_attention is None and not hasattr(model, "pwams")
+    else:
         assert [w.shape[2] for w in output.word_attention] == [256, 64, 16, 4]  # pixels per stage
+    if fusion == "pwam":
         assert all(opening == 0 for opening in output.gate_openings)  # the gates start closed
     else:
-        assert output.word_attention is None and not hasattr(model, "pwams")
+        assert output.gate_openings is None and not hasattr(model, "gates")
+
+
+def test_closed_gates_are_lavt_with_every_gate_at_zero():
+    """The control differs from LAVT in one thing: S_i = 0, so E_i = V_i and F_i reaches only the decoder."""
+    with seeded(0):
+        lavt = LAVT().eval()
+    closed = LAVT(fusion="closed_gates").eval()
+    missing, unexpected = closed.load_state_dict(lavt.state_dict(), strict=False)
+    assert not missing and unexpected and all(key.startswith("gates.") for key in unexpected), unexpected
+    batch = _referring_batch()
+    torch.testing.assert_close(closed(batch).logits, lavt(batch).logits)  # LAVT's gates start at S_i = 0
+    with seeded(1):
+        nn.init.normal_(lavt.gates[0].layers[2].weight)  # stage 1's gate opens
+    assert not torch.allclose(closed(batch).logits, lavt(batch).logits)
+
+
+def test_pathway_statistics_measure_the_gates_and_what_they_gate():
+    with seeded(0):
+        model = LAVT().eval()
+    scenes = generate_referring_scenes(6, seed=0)
+    shut = pathway_statistics(model, scenes)
+    assert shut["opening"] == [0.0] * 3 and shut["slope"] == [1.0] * 3  # tanh(0) = 0, slope 1
+    with seeded(1):
+        for gate in model.gates:
+            nn.init.normal_(gate.layers[2].weight, std=3.0)  # open far, into tanh's flat ends
+    opened = pathway_statistics(model, scenes)
+    with torch.inference_mode():
+        output = model(referring_inputs(scenes, model.text))
+    torch.testing.assert_close(torch.tensor(opened["opening"]), torch.stack(output.gate_openings))
+    assert all(0 < slope < 0.9 for slope in opened["slope"]), opened
+    # stage 1's V_1 and F_1 come before any gate; an open gate changes what the later stages see
+    for key in ("visual", "fused"):
+        assert opened[key][0] == pytest.approx(shut[key][0]), key
+    assert opened["visual"][1] != pytest.approx(shut["visual"][1]), (opened, shut)
+    for fusion in ("closed_gates", "late"):
+        with pytest.raises(ValueError, match=f"has gates, got fusion='{fusion}'"):
+            pathway_statistics(LAVT(fusion=fusion), scenes)
 
 
 def test_lavt_gates_learn_from_the_mask_loss():

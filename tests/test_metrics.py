@@ -9,6 +9,7 @@ from fusion_edu.metrics import (
     grouped_accuracy,
     iou_per_class,
     mean_iou,
+    paired_difference,
     referring_scores,
     sample_iou,
 )
@@ -78,3 +79,22 @@ def test_referring_scores_mean_iou_is_per_sample_overall_iou_is_pooled():
     assert sample_iou(empty, empty).item() == 0.0  # an empty union counts as 0
     with pytest.raises(ValueError, match=r"one shape \(b, H, W\), got \(3, 4, 4\) and \(3, 8, 8\)"):
         referring_scores(predictions, torch.zeros(3, 8, 8, dtype=torch.bool))
+
+
+def test_paired_difference_by_hand():
+    # LAVT and its gates-closed control on three seeds (a recorded sweep): d = -0.046, -0.001, -0.053
+    difference = paired_difference([0.493, 0.514, 0.547], [0.539, 0.515, 0.600])
+    assert difference.differences == pytest.approx((-0.046, -0.001, -0.053))
+    assert difference.mean == pytest.approx(-0.1 / 3)
+    std = math.sqrt(sum((d + 0.1 / 3) ** 2 for d in (-0.046, -0.001, -0.053)) / 2)
+    assert difference.std == pytest.approx(std)
+    assert difference.t == pytest.approx(-0.1 / 3 / (std / math.sqrt(3)))
+    assert difference.detectable == pytest.approx(4.303 * std / math.sqrt(3))  # t_crit, 2 degrees of freedom
+    assert not difference.significant  # |t| 2.05 < 4.30
+    clear = paired_difference([0.60, 0.61, 0.62], [0.50, 0.50, 0.52])  # +0.10, +0.11, +0.10
+    assert clear.significant and clear.t > 4.303
+    assert paired_difference([0.5, 0.6], [0.4, 0.5]).t == math.inf  # no spread at all
+    with pytest.raises(ValueError, match="two equally long score lists of 2-10 seeds, got 3 and 2"):
+        paired_difference([0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="got 1 and 1"):
+        paired_difference([0.1], [0.2])

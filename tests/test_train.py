@@ -82,6 +82,21 @@ def test_fit_learns_and_is_deterministic(small_scenes):
     assert history[-1]["lr"] == pytest.approx(0.0)
 
 
+def test_lr_factors_scale_the_learning_rate_of_the_named_parameters_only(small_scenes):
+    train = {k: small_scenes[k][:60] for k in ("depth", "label")}
+    start = _model()
+    frozen_head = TrainConfig(epochs=1, batch_size=30, lr_factors=(("head.", 0.0),))
+    model = _model()
+    history = fit(model, train, config=frozen_head, progress=False)
+    assert history[-1]["lr"] == pytest.approx(0.0)  # the config's lr, not the head's
+    moved = {name: not torch.equal(parameter, start.state_dict()[name])
+             for name, parameter in model.state_dict().items()}
+    assert not any(moved[name] for name in moved if name.startswith("head.")), moved
+    assert moved["patch_embed.proj.weight"] and moved["blocks.0.attn.qkv.weight"], moved
+    with pytest.raises(ValueError, match=r"got \['heads\.'\] \(no trainable parameter starts with them\)"):
+        fit(_model(), train, config=TrainConfig(lr_factors=(("heads.", 2.0),)), progress=False)
+
+
 def test_fit_names_missing_targets(small_scenes):
     with pytest.raises(KeyError, match=r"targets under 'label', got keys \['depth'\]"):
         fit(_model(), {"depth": small_scenes["depth"][:4]}, config=FAST, progress=False)
