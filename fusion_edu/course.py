@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .concat import InputFusion, LateFusion, TokenConcatFusion
-from .crossvit import FUSIONS
+from .crossvit import FUSIONS, NO_FUSION
 from .datasets import (
     TEXTURES,
     load_audiovisual_clips,
@@ -213,19 +213,22 @@ CROSSVIT_FUSES = {  # after each multi-scale block, the two branches (patch size
     "cross_attention": "two scales: each CLS token reads the other branch's patches",
     "all_attention": "two scales: all tokens of both branches attend together",
     "class_token": "two scales: the CLS tokens summed",
-    "pairwise": "two scales: CLS and same-position patch tokens summed"}
+    "pairwise": "two scales: CLS and same-position patch tokens summed",
+    "none": "logits only (two branches trained together, averaged)"}
 
 
 def crossvit_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
-    """Notebook 05: each branch alone, and CrossViT with each of the paper's four fusion schemes."""
+    """Notebook 05: each branch alone, CrossViT with each of the paper's four fusion schemes, and the
+    no-fusion control (two branches trained together, logits averaged)."""
     train, val, test = (load_multiscale_images(split) for split in ("train", "val", "test"))
-    config = crossvit_training(seed, longer)
     runs = {"S-branch alone": ("S_branch_alone", dict(branch=0), "nothing (small patches alone)", "none"),
             "L-branch alone": ("L_branch_alone", dict(branch=1), "nothing (large patches alone)", "none")}
     runs |= {f"CrossViT, {kind.replace('_', ' ')}": (kind, dict(fusion=kind), CROSSVIT_FUSES[kind], "inside")
              for kind in FUSIONS}
+    runs["CrossViT, no fusion"] = (NO_FUSION, dict(fusion=NO_FUSION), CROSSVIT_FUSES[NO_FUSION], "output")
     results = []
     for name, (key, options, fuses, where) in runs.items():
+        config = crossvit_training(seed, longer, options.get("fusion"))
         model, history = train_crossvit(key, train, val, config, progress=progress, **options)
         predicted = predict(model, test, device)
         texture = (predicted % len(TEXTURES) == test["texture"]).float().mean().item()

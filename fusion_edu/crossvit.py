@@ -14,7 +14,9 @@ each runs every branch's transformer layers and then *fuses* the branches (Sec. 
   self-attention, then projected back;
 - ``"class_token"``: the CLS tokens, projected to a common width, summed and projected back;
 - ``"pairwise"``: as class-token fusion, and each patch token also summed with the tokens at the
-  same place in the other branch (its grid resized to match).
+  same place in the other branch (its grid resized to match);
+- ``"none"``, the control: no fusion at all.  The two branches train jointly, and only their heads'
+  logits are averaged; whatever a fusion adds over this, the branches exchanged.
 
 The official code (IBM/CrossViT) and timm implement cross-attention only; the other three follow
 the paper's Fig. 3 and its equations, with f and g the same projections as in cross-attention
@@ -52,6 +54,7 @@ from .vit import POS_STD, VisionTransformer
 
 __all__ = [
     "FUSIONS",
+    "NO_FUSION",
     "AllAttentionFusion",
     "ClassTokenFusion",
     "CrossAttention",
@@ -68,8 +71,9 @@ __all__ = [
     "single_branch",
 ]
 
-FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise")
-Fusion = Literal["cross_attention", "all_attention", "class_token", "pairwise"]
+FUSIONS = ("cross_attention", "all_attention", "class_token", "pairwise")  # the paper's Fig. 3
+NO_FUSION = "none"  # the control: two branches trained together, logits averaged, nothing exchanged
+Fusion = Literal["cross_attention", "all_attention", "class_token", "pairwise", "none"]
 
 
 def projection(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -247,8 +251,8 @@ class MultiScaleBlock(nn.Module):
             self.fusion = ClassTokenFusion(dims)
         elif fusion == "pairwise":
             self.fusion = PairwiseFusion(dims)
-        else:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        elif fusion != NO_FUSION:
+            raise ValueError(f"fusion must be one of {(*FUSIONS, NO_FUSION)}, got {fusion!r}")
 
     def forward(self, tokens: Sequence[Tensor], return_attention: bool = False
                 ) -> tuple[list[Tensor], list]:
@@ -258,6 +262,8 @@ class MultiScaleBlock(nn.Module):
             for block in branch:
                 x, _ = block(x)
             outputs.append(x)
+        if self.fusion_kind == NO_FUSION:
+            return outputs, []
         if self.fusion_kind != "cross_attention":
             return self.fusion(outputs, return_attention)
         fused, attention = [], []

@@ -6,6 +6,7 @@ import torch
 
 from fusion_edu.crossvit import (
     FUSIONS,
+    NO_FUSION,
     CrossAttention,
     CrossViT,
     fusion_flops,
@@ -75,7 +76,7 @@ def test_cross_attention_by_hand():
     torch.testing.assert_close(fused, out, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", (*FUSIONS, NO_FUSION))
 def test_every_fusion_runs_and_trains(fusion):
     with seeded(0):
         model = CrossViT(**SMALL, depth=((1, 1, 1),) * 2, fusion=fusion)
@@ -99,6 +100,12 @@ def test_fusions_mix_the_branches():
             model.patch_embeds[1].proj.weight.mul_(2.0)
             after = model(images).branch_logits[0]
         assert not torch.allclose(before, after), fusion
+    with seeded(0):
+        control = CrossViT(**SMALL, depth=((1, 1, 1),), fusion=NO_FUSION).eval()
+    with torch.no_grad():
+        before = control(images).branch_logits[0]
+        control.patch_embeds[1].proj.weight.mul_(2.0)
+        torch.testing.assert_close(control(images).branch_logits[0], before)  # the control exchanges nothing
 
 
 def test_bad_configurations_raise_clear_errors():
