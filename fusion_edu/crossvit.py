@@ -16,7 +16,7 @@ each runs every branch's transformer layers and then *fuses* the branches (Sec. 
 - ``"pairwise"``: as class-token fusion, and each patch token also summed with the tokens at the
   same place in the other branch (its grid resized to match);
 - ``"none"``, the control: no fusion at all.  The two branches train jointly, and only their heads'
-  logits are averaged; whatever a fusion adds over this, the branches exchanged.
+  logits are averaged; what a fusion adds over this comes from the exchange and the fusion's own layers.
 
 The official code (IBM/CrossViT) and timm implement cross-attention only; the other three follow
 the paper's Fig. 3 and its equations, with f and g the same projections as in cross-attention

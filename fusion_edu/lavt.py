@@ -45,7 +45,7 @@ first one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -379,7 +379,7 @@ def pathway_statistics(model: LAVT, scenes: Mapping) -> dict[str, list[float]]:
         raise ValueError(f"only LAVT (fusion='pwam') has gates, got fusion={model.fusion!r}")
     sums = {key: [0.0] * len(model.gates) for key in ("visual", "fused", "opening", "slope")}
 
-    def recorder(stage: int, key: str):
+    def recorder(stage: int, key: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor | tuple], None]:
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor | tuple) -> None:
             if key == "visual":
                 sums["visual"][stage] += inputs[0].float().pow(2).mean(dim=(1, 2)).sum().item()

@@ -16,8 +16,9 @@ more), and **precision@k** = the share of samples with IoU_i >= k (the official 
 Comparing two models over a few seeds (``paired_difference``): the per-seed differences d_s = A_s - B_s,
 their mean and standard deviation s_d, Student's t = mean / (s_d / √n) with n - 1 degrees of freedom, and
 the smallest mean difference that a two-sided paired t-test at 5 % would call real at this spread,
-t_crit · s_d / √n.  Three seeds make t_crit 4.30: only a difference several times the seed-to-seed
-spread is detectable.
+t_crit · s_d / √n (the half-width of the 95 % confidence interval; a true gap of exactly that size is
+found only about half the time).  Three seeds make t_crit 4.30: only a difference several times the
+seed-to-seed spread is detectable.
 """
 
 from __future__ import annotations
@@ -139,5 +140,5 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     differences = tuple(x - y for x, y in zip(a, b, strict=True))
     mean, std = statistics.mean(differences), statistics.stdev(differences)
     standard_error = std / math.sqrt(len(differences))
-    t = mean / standard_error if standard_error else math.copysign(math.inf, mean)
+    t = mean / standard_error if standard_error else (math.copysign(math.inf, mean) if mean else 0.0)
     return PairedDifference(differences, mean, std, t, T_CRITICAL_95[len(differences) - 1] * standard_error)

@@ -70,7 +70,8 @@ class TrainConfig:
     warmup_fraction: float = 0.1  # share of all steps spent warming up
     grad_clip: float = 1.0  # max global gradient norm
     seed: int = 0
-    # (name prefix, factor) pairs: parameters whose name starts with the prefix train at lr × factor
+    # (name prefix, factor) pairs: parameters whose name (model.named_parameters()) starts with the prefix
+    # train at lr × factor; the first matching prefix counts
     lr_factors: tuple[tuple[str, float], ...] = ()
 
 
@@ -153,13 +154,12 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW's groups: weight decay on weight matrices only; lr × factor for the prefixes of ``lr_factors``
-    (the groups at the plain lr first, so the history's ``lr`` is the config's)."""
+    """AdamW's groups: weight decay on weight matrices only; lr × factor under ``lr_factors``' prefixes."""
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     unmatched = [prefix for prefix, _ in config.lr_factors if not any(n.startswith(prefix) for n in names)]
     if unmatched:
-        raise ValueError(f"lr_factors name parameter prefixes of the model, got {unmatched} (no trainable "
-                         f"parameter starts with them)")
+        raise ValueError(f"lr_factors: no trainable parameter's name starts with {unmatched} (names come "
+                         f"from model.named_parameters(), e.g. {names[0]!r})")
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -167,9 +167,8 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, A
         is_matrix = parameter.ndim >= 2 and name.endswith("weight")
         factor = next((factor for prefix, factor in config.lr_factors if name.startswith(prefix)), 1.0)
         groups.setdefault((factor, config.weight_decay if is_matrix else 0.0), []).append(parameter)
-    ordered = sorted(groups.items(), key=lambda item: (item[0][0] != 1.0, -item[0][1]))
     return [{"params": parameters, "weight_decay": decay, "lr": config.lr * factor}
-            for (factor, decay), parameters in ordered]
+            for (factor, decay), parameters in groups.items()]
 
 
 def _autocast(device: torch.device):
@@ -251,7 +250,7 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
                 losses.append(loss.detach())
             seconds = time.perf_counter() - start
             record = {"epoch": epoch, "train_loss": torch.stack(losses).mean().item(),
-                      "lr": schedule.get_last_lr()[0], "seconds": seconds,
+                      "lr": config.lr * schedule.lr_lambdas[0](schedule.last_epoch), "seconds": seconds,
                       "images_per_second": count / seconds}
             if val_data is not None:
                 scores = evaluate(model, val_data, device=device)

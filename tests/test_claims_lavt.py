@@ -20,12 +20,12 @@ learning rate (everything else as LAVT's).
   paper's ranking does not hold here), and a paired t-test over the three seeds (``paired_difference``)
   finds no difference at 5 %.  Which one leads is not asserted: it moves with the seed and the machine
   (notebook 07 quotes a recorded run).  The test fails the day a change opens a gap the seeds agree on.
-- **The early gates stay nearly shut, and why.**  On every seed LAVT's stage-1 gate opens to a mean |S_1|
-  under ``SHUT``, its stage-3 gate past ``OPEN``.  Not saturation: stage 1's gate works in tanh's linear
-  range (mean slope above ``LINEAR``).  Not a dead initialisation: at ``GATE_LR_FACTOR`` times the learning
-  rate the same gate opens past ``OPEN`` on every seed.  The gate reads F_1, which is small beside V_1
-  (root mean square under ``SMALL`` of V_1's), so at LAVT's learning rate its weights do not grow far
-  enough in 10 epochs.  Opened that way, the gates change no score detectably (paired t-test).
+- **The early gates stay nearly shut, and what that means.**  On every seed LAVT's stage-1 gate opens to a
+  mean |S_1| under ``SHUT``, its stage-3 gate past ``OPEN``.  Not saturation: stage 1's gate works in tanh's
+  linear range (mean slope above ``LINEAR``).  The gate reads F_1, far smaller than F_3 (root mean square
+  under ``SMALL`` of F_3's), so weights of similar size open it far less.  At ``GATE_LR_FACTOR`` times the
+  learning rate the same gate opens past ``OPEN`` on every seed, and the score does not move detectably
+  (paired t-test): the gates can open; at this scale the loss does not reward it.
 
 Seed 0's LAVT, gates-closed and late-fusion models are the notebook's own run, trained in the shared cache
 (``data/models``, at the notebooks' thread count, ``use_threads``): whichever of this test and the notebook
@@ -42,7 +42,7 @@ from fusion_edu.lavt import (
     predicted_masks,
     scores_by_expression_type,
 )
-from fusion_edu.metrics import paired_difference, sample_iou
+from fusion_edu.metrics import PairedDifference, paired_difference, sample_iou
 from fusion_edu.recipes import GATE_LR_FACTOR, lavt_training, train_lavt
 from fusion_edu.train import use_threads
 
@@ -58,7 +58,7 @@ FOLLOW_SHARE = 0.8  # of the IoU on the original expressions
 STAY_AT_MOST = 0.15
 SHUT, OPEN = 0.05, 0.2  # mean |S_i| of a gate nearly shut (measured at stage 1: 0.005-0.010), and open
 LINEAR = 0.95  # mean tanh slope 1 - S² of a gate in tanh's linear range
-SMALL = 0.25  # F_1's root mean square, as a share of V_1's (measured on seed 0: 0.07)
+SMALL = 0.25  # F_1's root mean square, as a share of F_3's (measured on seeds 0-2: 0.02-0.06)
 
 
 def _summary(run: dict) -> dict:
@@ -69,7 +69,7 @@ def _summary(run: dict) -> dict:
                       for key, value in rest.items()}
 
 
-def _run(model, test: dict, edited: dict) -> dict:
+def _run(model: torch.nn.Module, test: dict, edited: dict) -> dict:
     """One trained model's test scores by expression type, counterfactual IoUs and (LAVT) gate statistics."""
     original, moved, source = predicted_masks(model, test), predicted_masks(model, edited), edited["source"]
     run = {"scores": scores_by_expression_type(original, test),
@@ -109,7 +109,7 @@ def test_07_an_edited_word_moves_the_mask_onto_the_newly_named_object(lavt_runs)
             assert run["old_target"] < STAY_AT_MOST, (seed, name, run)
 
 
-def _difference(lavt_runs: dict, model: str, other: str):
+def _difference(lavt_runs: dict, model: str, other: str) -> PairedDifference:
     """``model`` - ``other`` in test mIoU over the seeds, as a paired t-test."""
     model_miou, other_miou = ([runs[name]["scores"]["all"]["miou"] for runs in lavt_runs.values()]
                               for name in (model, other))
@@ -132,6 +132,6 @@ def test_07_the_early_gates_stay_nearly_shut_in_tanhs_linear_range_and_open_at_a
         lavt, faster = runs["LAVT"]["pathway"], runs["LAVT, gates at 10x lr"]["pathway"]
         assert lavt["opening"][0] < SHUT and lavt["opening"][-1] > OPEN, (seed, lavt)
         assert lavt["slope"][0] > LINEAR, (seed, lavt)
-        assert lavt["fused"][0] < SMALL * lavt["visual"][0], (seed, lavt)
+        assert lavt["fused"][0] < SMALL * lavt["fused"][-1], (seed, lavt)
         assert faster["opening"][0] > OPEN, (seed, faster)
     assert not _difference(lavt_runs, "LAVT, gates at 10x lr", "LAVT").significant

@@ -93,7 +93,8 @@ def test_paired_difference_by_hand():
     assert not difference.significant  # |t| 2.05 < 4.30
     clear = paired_difference([0.60, 0.61, 0.62], [0.50, 0.50, 0.52])  # +0.10, +0.11, +0.10
     assert clear.significant and clear.t > 4.303
-    assert paired_difference([0.5, 0.6], [0.4, 0.5]).t == math.inf  # no spread at all
+    assert paired_difference([0.5, 0.75], [0.25, 0.5]).t == math.inf  # no spread at all
+    assert paired_difference([0.5, 0.6], [0.5, 0.6]).t == 0.0  # no difference at all
     with pytest.raises(ValueError, match="two equally long score lists of 2-10 seeds, got 3 and 2"):
         paired_difference([0.1, 0.2, 0.3], [0.1, 0.2])
     with pytest.raises(ValueError, match="got 1 and 1"):
