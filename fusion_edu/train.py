@@ -49,7 +49,9 @@ __all__ = [
     "model_outputs",
     "predict",
     "save_checkpoint",
+    "schedule_steps",
     "seeded",
+    "total_learning_rate",
     "training_loss",
     "training_precision",
     "use_threads",
@@ -145,6 +147,20 @@ def batches(data: Mapping[str, Tensor], batch_size: int, shuffle: bool = False,
         yield {key: value[index] for key, value in data.items()}
 
 
+def schedule_steps(config: TrainConfig, num_samples: int) -> tuple[int, int]:
+    """``fit``'s optimiser steps on ``num_samples`` training samples, and how many of them warm up."""
+    total_steps = math.ceil(num_samples / config.batch_size) * config.epochs
+    return total_steps, max(1, round(config.warmup_fraction * total_steps))
+
+
+def total_learning_rate(config: TrainConfig, num_samples: int) -> float:
+    """Σ_t lr_t over ``fit``'s schedule: AdamW moves a weight by at most about lr_t a step, so this is how far
+    a weight whose gradient keeps one sign can travel in the whole run."""
+    total_steps, warmup_steps = schedule_steps(config, num_samples)
+    factors = (learning_rate_factor(step, total_steps, warmup_steps) for step in range(total_steps))
+    return config.lr * sum(factors)
+
+
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
     if step < warmup_steps:
@@ -225,9 +241,7 @@ def fit(model: nn.Module, train_data: Mapping[str, Tensor],
     # float16 autocast needs the loss scaled (and unscaled before clipping); elsewhere a pass-through
     scaler = torch.amp.GradScaler(device.type, enabled=training_precision(device) == torch.float16)
     count = len(train_data[LABEL_KEY])
-    steps_per_epoch = math.ceil(count / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = max(1, round(config.warmup_fraction * total_steps))
+    total_steps, warmup_steps = schedule_steps(config, count)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
     shuffler = torch.Generator().manual_seed(config.seed)

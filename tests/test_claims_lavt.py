@@ -23,7 +23,9 @@ learning rate (everything else as LAVT's).
 - **The early gates stay nearly shut, and what that means.**  On every seed LAVT's stage-1 gate opens to a
   mean |S_1| under ``SHUT``, its stage-3 gate past ``OPEN``.  Not saturation: stage 1's gate works in tanh's
   linear range (mean slope above ``LINEAR``).  The gate reads F_1, far smaller than F_3 (root mean square
-  under ``SMALL`` of F_3's), so weights of similar size open it far less.  At ``GATE_LR_FACTOR`` times the
+  under ``SMALL`` of F_3's), so weights of similar size open it far less; and its W_2 moved little: mean
+  |w| under ``USED_AT_MOST`` of Σ lr, how far AdamW could carry a weight whose gradient kept one sign (the
+  loss gave it no consistent push).  At ``GATE_LR_FACTOR`` times the
   learning rate the same gate opens past ``OPEN`` on every seed, and the score does not move detectably
   (paired t-test): the gates can open; at this scale the loss does not reward it.
 
@@ -35,7 +37,7 @@ comes first trains them, and the other loads them.
 import pytest
 import torch
 
-from fusion_edu.datasets.referring import counterfactual_scenes, load_referring_scenes
+from fusion_edu.datasets.referring import REFERRING_SPLIT_SIZES, counterfactual_scenes, load_referring_scenes
 from fusion_edu.lavt import (
     PretrainedTextEncoder,
     pathway_statistics,
@@ -44,7 +46,7 @@ from fusion_edu.lavt import (
 )
 from fusion_edu.metrics import PairedDifference, paired_difference, sample_iou
 from fusion_edu.recipes import GATE_LR_FACTOR, lavt_training, train_lavt
-from fusion_edu.train import use_threads
+from fusion_edu.train import total_learning_rate, use_threads
 
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
 
@@ -59,6 +61,7 @@ STAY_AT_MOST = 0.15
 SHUT, OPEN = 0.05, 0.2  # mean |S_i| of a gate nearly shut (measured at stage 1: 0.005-0.010), and open
 LINEAR = 0.95  # mean tanh slope 1 - S² of a gate in tanh's linear range
 SMALL = 0.25  # F_1's root mean square, as a share of F_3's (measured on seeds 0-2: 0.02-0.06)
+USED_AT_MOST = 0.1  # stage 1's mean |W_2| as a share of the schedule's Σ lr (measured: 0.02-0.03)
 
 
 def _summary(run: dict) -> dict:
@@ -77,7 +80,8 @@ def _run(model: torch.nn.Module, test: dict, edited: dict) -> dict:
            "new_target": sample_iou(moved, edited["mask"]).mean().item(),
            "old_target": sample_iou(moved, test["mask"][source]).mean().item()}
     if model.fusion == "pwam":
-        run["pathway"] = pathway_statistics(model, test)
+        gate_weights = [gate.layers[2].weight.abs().mean().item() for gate in model.gates]  # mean |W_2|
+        run["pathway"] = pathway_statistics(model, test) | {"gate_weight": gate_weights}
     return run
 
 
@@ -133,5 +137,7 @@ def test_07_the_early_gates_stay_nearly_shut_in_tanhs_linear_range_and_open_at_a
         assert lavt["opening"][0] < SHUT and lavt["opening"][-1] > OPEN, (seed, lavt)
         assert lavt["slope"][0] > LINEAR, (seed, lavt)
         assert lavt["fused"][0] < SMALL * lavt["fused"][-1], (seed, lavt)
+        room = total_learning_rate(lavt_training(seed), REFERRING_SPLIT_SIZES["train"])  # Σ lr: 0.47
+        assert lavt["gate_weight"][0] < USED_AT_MOST * room, (seed, room, lavt)
         assert faster["opening"][0] > OPEN, (seed, faster)
     assert not _difference(lavt_runs, "LAVT, gates at 10x lr", "LAVT").significant

@@ -27,6 +27,7 @@ from fusion_edu.train import (
     predict,
     save_checkpoint,
     seeded,
+    total_learning_rate,
     training_precision,
     use_threads,
 )
@@ -49,6 +50,12 @@ def test_learning_rate_warmup_then_cosine():
     assert factors[6] == pytest.approx(0.5)  # half way through the cosine
     assert factors[10] == pytest.approx(0.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
+
+
+def test_total_learning_rate_sums_the_schedule_of_fit():
+    config = TrainConfig(epochs=2, batch_size=50, lr=0.1, warmup_fraction=0.25)  # 100 samples: 4 steps
+    # one warm-up step (factor 1), then the cosine from 1 at step 1: 1, 0.75, 0.25
+    assert total_learning_rate(config, 100) == pytest.approx(0.1 * (1 + 1 + 0.75 + 0.25))
 
 
 def test_batches_cover_the_data_once_and_check_lengths():
