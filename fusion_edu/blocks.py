@@ -201,9 +201,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
-                return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, return_attention: bool = False,
+                attention_scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``attention_scale (b n)``, if given, multiplies each token's attention update:
+        x + s · MSA(LN(x)), TokenFusion's Eq. 4 in its official form."""
         attended, weights = self.attn(self.norm1(x), attn_mask, return_attention)
+        if attention_scale is not None:
+            attended = attended * attention_scale[..., None]  # b n d
         x = x + self.drop_path1(attended)  # Eq. 2
         x = x + self.drop_path2(self.mlp(self.norm2(x)))  # Eq. 3
         return x, weights

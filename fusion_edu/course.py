@@ -51,7 +51,7 @@ from .recipes import (
     train_crossvit,
     train_lavt,
     train_mbt,
-    train_point_image,
+    train_point_image_models,
     train_single_modal,
     train_tokenfusion,
 )
@@ -189,23 +189,31 @@ def tokenfusion_experiment(device: torch.device, seed: int, progress: bool, long
                          "output", control, test, start + _seconds(control_history), device, seed)]
 
 
+POINT_IMAGE_ROWS = {  # notebook 04's models: the row's name, what it fuses, where
+    "point-only": ("point-only", "nothing (points alone)", "none"),
+    "TokenFusion": ("TokenFusion, points + image",
+                    "point tokens substituted by the image tokens they project to", "inside"),
+    "additive": ("points + image, added", "the projected image token added to every point token", "inside"),
+    "substitute all": ("points + image, all substituted", "every projected point token substituted",
+                       "inside"),
+    "random": ("points + image, random substitution",
+               "a random share of point tokens substituted (TokenFusion's)", "inside")}
+
+
 def point_image_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
-    """Notebook 04: 3-D detection from points alone, and with image tokens substituted in (Sec. 3.5)."""
+    """Notebook 04: 3-D detection from points alone, with image tokens substituted in (Sec. 3.5), and
+    the three controls that read the image without scores."""
     seeds, patch = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size
     train, test = (detection_targets(load_pointcloud_scenes(split), seeds, patch)
                    for split in ("train", "test"))
+    models, histories = train_point_image_models(train, point_image_training(seed, longer), progress=progress)
     results = []
-    runs = (("point-only", "point-only", False, "nothing (points alone)", "none"),
-            ("TokenFusion, points + image", "fused", True,
-             "point tokens substituted by the image tokens they project to", "inside"))
-    for name, key, fusion, fuses, where in runs:
-        model, history = train_point_image(key, train, point_image_training(seed, longer), fusion=fusion,
-                                           progress=progress)
-        found = object_detections(model, test, torch.device("cpu"))  # on the CPU, as notebook 04
+    for key, (name, fuses, where) in POINT_IMAGE_ROWS.items():
+        found = object_detections(models[key], test, torch.device("cpu"))  # on the CPU, as notebook 04
         results.append(Result("04", name, fuses, where, "3-D detection (point cloud + image)",
-                              "objects detected",
-                              found["correct"].float().mean().item(), **_measure(model, _first(test)),
-                              train_seconds=_seconds(history), device=device.type, seed=seed))
+                              "objects detected", found["correct"].float().mean().item(),
+                              **_measure(models[key], _first(test)), train_seconds=_seconds(histories[key]),
+                              device=device.type, seed=seed))
     return results
 
 

@@ -74,6 +74,6 @@ class PointTokenizer(nn.Module):
         if seeds is None:
             seeds = farthest_point_sample(points, self.num_seeds)
         groups = group_points(points, seeds, self.group_size)  # b m k 3
-        features = self.pointnet(groups).amax(dim=2)  # b m k d -> b m d: max over each group
+        features = self.pointnet(groups).max(dim=2).values  # b m k d -> b m d: max over each group
         xyz = points[torch.arange(len(points), device=points.device)[:, None], seeds]
         return features, self.position(xyz), xyz

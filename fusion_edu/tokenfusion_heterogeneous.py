@@ -8,29 +8,51 @@ them through the camera: a point token's seed p = [x, y, z] is projected (the pa
     z_c [u, v, 1]^T = K [R | t] [x, y, z, 1]^T,     proj(p) = ⌊v / P⌋ · (W / P) + ⌊u / P⌋,
 
 the index of the image patch (size P, image width W) the point falls in.  Before each layer l a
-score predictor rates every point token, s^l(e) ∈ [0, 1]; a token scoring below θ is **substituted**
-by h(image token at proj(p)), h a shallow MLP from the image width to the point width, and a token
-scoring above θ is kept, multiplied by its score so the score receives gradient (Eq. 4 in the
-official code's form).  Residual positional alignment (RPA) re-adds the 3-D positional embedding
-before every layer, so a substituted token keeps its place in 3-D.  An l1 penalty on the scores
-(Eq. 5) makes substitution happen.  Exchange is one way, image → points, as in the paper's 3-D
-detection experiment.
+score predictor rates every point token the layer reads, s^l(e) ∈ [0, 1]; what the layer reads in
+place of a token scoring below θ is h(image token at proj(p)), h a shallow MLP from the image width to
+the point width (Eq. 6), and a token scoring above θ is read as it is, its attention update multiplied
+by its score, s · MSA(LN(e)), so the score receives gradient (Eq. 4 in the official code's form).  The
+layer's update then lands on each token's own residual stream: neither the substitution nor the score
+is carried to the next layer, which scores and substitutes afresh (as the official detector does: it
+scores and substitutes its point features anew in every decoder layer, nothing compounding).  Residual
+positional alignment (RPA, Sec. 3.3) re-adds the 3-D positional embedding to what every layer reads,
+after substitution, so a substituted token keeps its place in 3-D; as the paper does, only the first
+layer's copy is trained, the later ones are detached.  An l1 penalty on the scores (Eq. 5) makes
+substitution happen.  Exchange is one way, image → points, as in the paper's 3-D detection experiment.
 
 Where the paper is vague this module follows the official detector (yikaiw/TokenFusion,
-object-detection-3d), and says so: the score predictor is the homogeneous one; scored tokens are
-``s · e``; the image features are **detached** before h (the image branch learns from its own 2-D
-loss, here each patch's class from the projected 3-D boxes), and that 2-D loss weighs 0.1 of the 3-D
-one (the official 1 : 10; heavier, its gradient dominates the training loop's global gradient-norm
-clip and slows the point branch: measured, 0.52 / 0.72 / 0.82 of the objects detected at weights
-1 / 0.3 / 0.1, λ 1e-5, 128 seeds, 10 epochs); one image layer per point layer (the official code runs two
-image blocks per decoder layer); and an l1 term on the point scores (the official ``train_dist.py`` adds
-1e-3 · Σ|s| over the point scores of every decoder layer and every scene of the batch; without an l1
-term ours never fall below θ: measured, nothing is substituted).  Its weight is our own, tuned here:
-``lambda_l1`` defaults to 3e-5 (at 1e-5 one seed of three substituted late and detected 0.50 of the
-objects instead of 0.82; at 3e-5 and 1e-4, 0.82).  One departure: the official code has no mask for
-points outside the image (SUN RGB-D's depth and colour cameras see the same field), while ours has a
-wider depth sensor, so points without a patch, outside the image or behind the camera, simply keep
-their token.
+object-detection-3d, ``models/detector.py`` and ``train_dist.py``), and says so: the score predictor is
+the homogeneous one; the image features are **detached** before h (the image branch learns from its own
+2-D loss, here each patch's class from the projected 3-D boxes), and that 2-D loss weighs 0.1 of the 3-D
+one (the official 1 : 10; on an earlier form of this model, at 1 : 1 its gradient dominated the training
+loop's global gradient-norm clip and slowed the point branch: 0.52 of the objects detected against
+0.82); and an l1 term on the point scores of every layer (the official ``train_dist.py`` adds
+1e-3 · Σ|s| over the point scores of every decoder layer and every scene of the batch).  Measured here
+(seed 0, notebook 04's recipe, share of the point tokens with a patch that are substituted, per layer):
+without an l1 term nothing is substituted (0.384 of the objects detected, the point-only model's level);
+at λ = 1e-5 0.52 / 0.96 / 0.84 / 0.84 (0.752 detected); at 3e-5, our default, 1.0 / 1.0 / 0.91 / 0.90
+(0.797); at the official 1e-3 on our sum, every token in every layer (0.795), which makes TokenFusion
+the "substitute all" control by construction.
+
+What remains different from the official detector, and why:
+
+- its point features are a fixed set read through cross-attention by object proposals (a DETR-style
+  decoder); ours are an encoder whose tokens are also the predictions, so the substituted token's own
+  stream keeps its point features and receives the update computed from the image token;
+- its scored tokens are s · e, read as keys and values without a LayerNorm; ours pass a pre-norm
+  layer, where s · e would be normalised away, so the score scales the attention update (the
+  homogeneous official form);
+- the l1 weight is our own (``lambda_l1`` 3e-5 on the sum), not the official 1e-3 (see above);
+- one image layer per point layer (the official code runs two image blocks per decoder layer);
+- the official code has no mask for points outside the image (SUN RGB-D's depth and colour cameras
+  see the same field), while ours has a wider depth sensor, so points without a patch, outside the
+  image or behind the camera, are always read as they are.
+
+Controls (notebook 04), each the same model with another rule for what a layer reads, no scores and no
+l1 term: ``"additive"`` adds h(image token) to every projected point token; ``"substitute_all"``
+substitutes every projected token; ``"random"`` substitutes a random share of the projected tokens per
+layer (``random_share``, set to TokenFusion's measured share: the paper's Table 5 random baseline).
+``"none"`` is the point-only model, with no image branch.
 
 The task is a small detection: each seed token predicts the class of the object it lies on (or
 background) and the offset from the seed to that object's 3-D centre (VoteNet-style votes);
@@ -39,7 +61,7 @@ background) and the offset from the seed to that object's 3-D centre (VoteNet-st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +79,10 @@ from .vit import NUM_PREFIX_TOKENS, VisionTransformer
 __all__ = [
     "BACKGROUND",
     "CENTRE_TOLERANCE",
+    "FUSIONS",
+    "POINT_ONLY",
     "SPARSITY_BUCKETS",
+    "TOKENFUSION",
     "PointImageOutput",
     "PointImageTokenFusion",
     "detection_accuracy_by_sparsity",
@@ -66,12 +91,17 @@ __all__ = [
     "object_detections",
     "project_to_patches",
     "substitute_point_tokens",
+    "substitution_share",
 ]
 
 BACKGROUND = 0  # seed class 0; the object classes follow, SHAPES[k] -> k + 1
 NUM_SEED_CLASSES = len(SHAPES) + 1
 CENTRE_TOLERANCE = 0.2  # a detection's centre must be this close (world units; objects are 0.5-0.9 wide)
 SPARSITY_BUCKETS = {"none": (0, 0), "1-8": (1, 8), "9-32": (9, 32), "33+": (33, None)}  # cloud points
+POINT_ONLY, TOKENFUSION = "none", "tokenfusion"
+ADDITIVE, SUBSTITUTE_ALL, RANDOM = "additive", "substitute_all", "random"  # the controls
+FUSIONS = (POINT_ONLY, TOKENFUSION, ADDITIVE, SUBSTITUTE_ALL, RANDOM)
+RANDOM_EVAL_SEED = 0  # the random control's substitutions at evaluation, the same on every run
 
 
 def project_to_patches(points: Tensor, intrinsic: Tensor, extrinsic: Tensor, image_size: int,
@@ -92,17 +122,27 @@ def project_to_patches(points: Tensor, intrinsic: Tensor, extrinsic: Tensor, ima
 
 def substitute_point_tokens(point_tokens: Tensor, scores: Tensor, image_tokens: Tensor, patch_index: Tensor,
                             valid: Tensor, projection: nn.Module, threshold: float) -> tuple[Tensor, Tensor]:
-    """Heterogeneous Eq. 6: e ← s · e where s ≥ θ, e ← h(image token at proj(e)) where s < θ.
+    """Heterogeneous Eq. 6, what a layer reads: e where s ≥ θ, h(image token at proj(e)) where s < θ.
 
     ``point_tokens (b m d_p)``, ``scores (b m)``, ``image_tokens (b N d_i)`` (patch tokens only),
     ``patch_index`` and ``valid (b m)`` from ``project_to_patches``, ``projection`` is h.  Points
-    without a patch are never substituted.  Returns the new tokens and the substitution mask ``(b m)``.
+    without a patch are never substituted.  Returns the tokens read and the substitution mask ``(b m)``.
     """
+    return _read_image_where(scores < threshold, point_tokens, image_tokens, patch_index, valid, projection)
+
+
+def _read_image_where(chosen: Tensor, point_tokens: Tensor, image_tokens: Tensor, patch_index: Tensor,
+                      valid: Tensor, projection: nn.Module) -> tuple[Tensor, Tensor]:
+    """h(image token at proj(e)) in place of the ``chosen (b m)`` point tokens that have a patch."""
+    substituted = chosen & valid
+    return torch.where(substituted[..., None], _projected_image(image_tokens, patch_index, projection),
+                       point_tokens), substituted
+
+
+def _projected_image(image_tokens: Tensor, patch_index: Tensor, projection: nn.Module) -> Tensor:
+    """h(image token at proj(p)) for every point token ``(b m d_p)``."""
     index = patch_index[..., None].expand(-1, -1, image_tokens.shape[-1])
-    gathered = image_tokens.gather(1, index)  # b m d_i: the image token at proj(p)
-    substituted = (scores < threshold) & valid
-    kept = point_tokens * scores[..., None]  # scored tokens carry the score's gradient
-    return torch.where(substituted[..., None], projection(gathered), kept), substituted
+    return projection(image_tokens.gather(1, index))  # b m d_i -> b m d_p
 
 
 def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: int) -> dict[str, Tensor]:
@@ -145,71 +185,128 @@ def _patch_labels(scenes: Mapping[str, Tensor], patch_size: int) -> Tensor:
 
 @dataclass
 class PointImageOutput(ModelOutput):
-    """``logits (b C+1 m)``: per seed; plus the centre votes ``(b m 3)``, per layer the scores and
-    substitution masks ``(b m)``, and the image branch's per-patch logits ``(b C+1 N)``."""
+    """``logits (b C+1 m)``: per seed; plus the centre votes ``(b m 3)``, which seeds have a patch
+    ``(b m)``, per layer the scores and substitution masks ``(b m)`` (for ``"additive"``: the tokens
+    the image was added to), and the image branch's per-patch logits ``(b C+1 N)``."""
 
     centres: Tensor | None = None
+    has_patch: Tensor | None = None
     scores: list[Tensor] | None = None
     substituted: list[Tensor] | None = None
     patch_logits: Tensor | None = None
 
 
 class PointImageTokenFusion(nn.Module):
-    """A point transformer and an image ViT, trained together; with ``fusion=True`` the image tokens
-    replace low-scoring point tokens through the camera (Eqs. 8-9, 2 and 6), else the model is point-only.
+    """A point transformer and an image ViT, trained together.  ``fusion`` says what each point layer reads
+    from the image through the camera (Eqs. 8-9): ``"tokenfusion"`` substitutes low-scoring point tokens
+    (Eqs. 4 and 6), ``"none"`` is the point-only model, and the controls ``"additive"``,
+    ``"substitute_all"`` and ``"random"`` (``random_share``: per layer, the share of projected tokens
+    substituted) are the same model without scores.
 
     Unshared parameters, each branch its own width and depth (the image ViT's depth must match the
     point branch's: one image layer feeds each point layer).  ``lambda_l1`` weighs the l1 term (a sum,
-    as in the homogeneous module), ``image_loss_weight`` the image branch's 2-D loss.
+    as in the homogeneous module), ``image_loss_weight`` the image branch's 2-D loss; ``rpa=False`` adds
+    the 3-D positions before the first layer only.
     """
 
-    def __init__(self, fusion: bool = True, num_seeds: int = 128, group_size: int = 16, point_dim: int = 64,
-                 image_dim: int = 48, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0,
-                 image_size: int = 64, patch_size: int = 8, threshold: float = DEFAULT_THRESHOLD,
-                 lambda_l1: float = 3e-5, image_loss_weight: float = 0.1, rpa: bool = True) -> None:
+    def __init__(self, fusion: str = TOKENFUSION, num_seeds: int = 128, group_size: int = 16,
+                 point_dim: int = 64, image_dim: int = 48, depth: int = 4, num_heads: int = 4,
+                 mlp_ratio: float = 2.0, image_size: int = 64, patch_size: int = 8,
+                 threshold: float = DEFAULT_THRESHOLD, lambda_l1: float = 3e-5,
+                 image_loss_weight: float = 0.1, random_share: Sequence[float] | None = None,
+                 rpa: bool = True) -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if (fusion == RANDOM) != (random_share is not None) or (random_share and len(random_share) != depth):
+            raise ValueError(f"random substitution needs one share per layer ({depth}), and only it takes "
+                             f"shares; got fusion={fusion!r}, random_share={random_share}")
         self.fusion, self.threshold, self.lambda_l1, self.rpa = fusion, threshold, lambda_l1, rpa
+        self.random_share = tuple(random_share) if random_share else None
         self.image_loss_weight, self.image_size, self.patch_size = image_loss_weight, image_size, patch_size
         self.tokenizer = PointTokenizer(num_seeds, group_size, point_dim)
         self.layers = nn.ModuleList(Block(point_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(point_dim, eps=LAYER_NORM_EPS)
         self.class_head = nn.Linear(point_dim, NUM_SEED_CLASSES)
         self.centre_head = nn.Linear(point_dim, 3)
-        if fusion:
+        if fusion != POINT_ONLY:
             # the ViT's linear head classifies every patch token (the 2-D target), not the class token
             self.image = VisionTransformer(image_size, patch_size, 3, NUM_SEED_CLASSES, image_dim, depth,
                                            num_heads, mlp_ratio)
-            self.score_predictors = nn.ModuleList(ScorePredictor(point_dim) for _ in range(depth))
             self.projections = nn.ModuleList(  # h: a shallow MLP from the image width to the point width
                 nn.Sequential(nn.Linear(image_dim, image_dim), nn.GELU(), nn.Linear(image_dim, point_dim))
                 for _ in range(depth))
+        if fusion == TOKENFUSION:
+            self.score_predictors = nn.ModuleList(ScorePredictor(point_dim) for _ in range(depth))
         self.apply(init_vit_weights)
+
+    def extra_repr(self) -> str:
+        return (f"fusion={self.fusion!r}, random_share={self.random_share}, lambda_l1={self.lambda_l1}, "
+                f"rpa={self.rpa}")
 
     def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> PointImageOutput:
         tokens, positions, xyz = self.tokenizer(inputs["points"], inputs.get("seeds"))  # b m d, b m d, b m 3
         scores, substituted, attention = [], [], []
-        if self.fusion:
+        if self.fusion != POINT_ONLY:
             image = self.image.embed(inputs["image"])  # b 1+N d_i
             patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], self.image_size,
                                                     self.patch_size)
         for index, layer in enumerate(self.layers):
-            if self.fusion:
+            # RPA (Sec. 3.3): the positions re-added before every layer, only the first copy trained
+            rpa = positions if index == 0 else (positions.detach() if self.rpa else 0.0)
+            read, scale = tokens, None
+            if self.fusion != POINT_ONLY:
                 image, _ = self.image.blocks[index](image)
-                scores.append(self.score_predictors[index](tokens))
                 patches = image[:, NUM_PREFIX_TOKENS:].detach()  # the official code detaches them
-                tokens, mask = substitute_point_tokens(tokens, scores[-1], patches, patch_index, valid,
-                                                       self.projections[index], self.threshold)
+                read, mask, score = self._what_the_layer_reads(index, tokens, patches, patch_index, valid)
+                if score is not None:  # Eq. 4 scales the kept tokens' updates; a substituted one is unscaled
+                    scores.append(score)
+                    scale = torch.where(mask, torch.ones_like(score), score)
                 substituted.append(mask)
-            if self.rpa or index == 0:
-                tokens = tokens + positions  # RPA: the 3-D positions re-added before every layer
-            tokens, weights = layer(tokens, return_attention=return_attention)
+            # the layer reads `read` (positions re-added after substitution); its update lands on each
+            # token's own stream, so nothing this layer substituted or scaled is carried to the next
+            updated, weights = layer(read + rpa, return_attention=return_attention, attention_scale=scale)
+            tokens = updated + (tokens - read)
             attention.append(weights)
+        fused = self.fusion != POINT_ONLY
+        return self._outputs(inputs, tokens, xyz, image if fused else None, valid if fused else None,
+                             attention if return_attention else None, scores, substituted)
+
+    def _what_the_layer_reads(self, index: int, tokens: Tensor, patches: Tensor, patch_index: Tensor,
+                              valid: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``index``'s input under this model's fusion: the tokens read ``(b m d_p)``, which point
+        tokens read the image ``(b m)``, and TokenFusion's scores s^l(e) ``(b m)`` (None for the others)."""
+        projection = self.projections[index]
+        if self.fusion == ADDITIVE:
+            added = _projected_image(patches, patch_index, projection) * valid[..., None]
+            return tokens + added, valid, None
+        if self.fusion == TOKENFUSION:
+            scores = self.score_predictors[index](tokens)  # b m: s^l(e)
+            read, mask = substitute_point_tokens(tokens, scores, patches, patch_index, valid, projection,
+                                                 self.threshold)
+            return read, mask, scores
+        everyone = self.fusion == SUBSTITUTE_ALL
+        chosen = torch.ones_like(valid) if everyone else self._random_choice(index, valid)
+        read, mask = _read_image_where(chosen, tokens, patches, patch_index, valid, projection)
+        return read, mask, None
+
+    def _random_choice(self, index: int, valid: Tensor) -> Tensor:
+        """Each point token chosen with probability ``random_share[index]``: in training from torch's
+        generator (seeded by ``fit``), in evaluation from a fixed one, so a test score is reproducible."""
+        generator = None if self.training else torch.Generator(valid.device).manual_seed(RANDOM_EVAL_SEED)
+        draws = torch.rand(valid.shape, generator=generator, device=valid.device)
+        return draws < self.random_share[index]
+
+    def _outputs(self, inputs: Mapping[str, Tensor], tokens: Tensor, xyz: Tensor, image: Tensor | None,
+                 has_patch: Tensor | None, attention: list[Tensor] | None, scores: list[Tensor],
+                 substituted: list[Tensor]) -> PointImageOutput:
+        """The heads: per-seed class logits and centre votes, and the image branch's per-patch logits."""
         tokens = self.norm(tokens)
         centres = xyz + self.centre_head(tokens)  # votes: seed + offset
         output = PointImageOutput(logits=self.class_head(tokens).transpose(1, 2), centres=centres,
-                                  attention=attention if return_attention else None,
-                                  scores=scores or None, substituted=substituted or None)
-        if self.fusion:
+                                  attention=attention, has_patch=has_patch, scores=scores or None,
+                                  substituted=substituted or None)
+        if image is not None:
             patches = self.image.norm(image)[:, NUM_PREFIX_TOKENS:]  # b N d_i
             output.patch_logits = self.image.head(patches).transpose(1, 2)  # b C+1 N
         output.aux_loss = self._aux_loss(output, inputs)
@@ -222,8 +319,9 @@ class PointImageTokenFusion(nn.Module):
         on_object = inputs["label"] != BACKGROUND  # b m
         votes = F.smooth_l1_loss(output.centres, inputs["seed_centre"], reduction="none").sum(-1)  # b m
         loss = (votes * on_object).sum() / on_object.sum().clamp(min=1)
-        if self.fusion:
+        if output.patch_logits is not None:
             loss = loss + self.image_loss_weight * F.cross_entropy(output.patch_logits, inputs["patch_label"])
+        if output.scores is not None:
             loss = loss + self.lambda_l1 * l1_sparsity([{"points": s} for s in output.scores])
         return loss
 
@@ -276,3 +374,13 @@ def detection_accuracy_by_sparsity(detections: Mapping[str, Tensor], key: str = 
         count = int(members.sum())
         table[name] = (detections[key][members].float().mean().item() if count else float("nan"), count)
     return table
+
+
+def substitution_share(model: PointImageTokenFusion, data: Mapping[str, Tensor],
+                       device: torch.device | None = None) -> list[float]:
+    """Per layer, the share of point tokens with a patch that read the image: what ``"random"`` is given."""
+    substituted, with_patch = [], []
+    for _, output in model_outputs(model, data, device):
+        substituted.append(torch.stack(output.substituted).sum((1, 2)).cpu())  # per layer
+        with_patch.append(output.has_patch.sum().cpu())
+    return (torch.stack(substituted).sum(0) / torch.stack(with_patch).sum()).tolist()

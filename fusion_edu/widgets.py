@@ -29,7 +29,7 @@ from .plotting import (
     plot_token_scores,
 )
 from .points import farthest_point_sample
-from .tokenfusion_heterogeneous import project_to_patches
+from .tokenfusion_heterogeneous import TOKENFUSION, project_to_patches
 
 __all__ = [
     "attention_explorer",
@@ -183,9 +183,9 @@ def sample_point_substitution(model: nn.Module, data: Mapping[str, Tensor], inde
     """One heterogeneous TokenFusion forward of scene ``index``: the cloud ``points (n 3)``, the
     ``seeds (m 3)``, per layer their ``scores`` and ``substituted`` flags ``(L m)``, and each seed's
     Eqs. 8-9 ``patch_index (m)``."""
-    if not model.fusion:
-        raise ValueError("the explorer shows a fused model's substitutions, "
-                         "got a point-only model (fusion=False)")
+    if model.fusion != TOKENFUSION:
+        raise ValueError(f"the explorer shows TokenFusion's scores and substitutions, "
+                         f"got fusion={model.fusion!r}")
     output = _forward_sample(model, data, index)
     points = data["points"][index].float()
     if "seeds" in data:

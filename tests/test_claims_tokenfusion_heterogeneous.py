@@ -1,30 +1,37 @@
 """The claims notebook 04 (heterogeneous TokenFusion) makes, re-checked over three seeds with the
 notebook's recipe.
 
-Data, initialisation and shuffling all change with the seed.  Each seed trains the point-only model and
-the fused model (image tokens substitute low-scoring point tokens through the camera) on 3,000 scenes
-and detects the objects of 1,000 test scenes (right class, centre within 0.2).
+Data, initialisation and shuffling all change with the seed.  Each seed trains notebook 04's five models
+on 3,000 scenes (``train_point_image_models``): the point-only model, TokenFusion (image tokens substitute
+low-scoring point tokens through the camera), and three controls that read the image through the same
+camera without scores: the image added to every projected token, every projected token substituted, and
+a random share substituted (TokenFusion's measured share per layer).  Each detects the objects of 1,000
+test scenes (right class, centre within 0.2).
 
-- The fused model detects more objects than the point-only model, overall and in every bucket of
-  objects that have cloud points (1-8, 9-32, 33+).
+- TokenFusion detects more objects than the point-only model, overall and in every bucket of objects
+  that have cloud points (1-8, 9-32, 33+).
 - With the camera, the sparsest objects (1-8 cloud points) are detected more often than the point cloud
   alone detects objects with 9-32 points: the paper's Fig. 5 observation (sparse objects found with the
-  image's help).
-- Relative to what the cloud alone achieves, fusion gains more on the sparsest objects than on the
-  densest (33+): measured 2.5-2.8x against 1.9-2.1x.  Against 9-32 points the ratios nearly tie on one
-  seed (2.53 vs 2.50), so that is printed (``pytest -s``), not asserted.  In absolute terms the gain is
-  *not* largest on the sparsest objects (a sparse object also misses on its centre, voted from one or
-  two seeds, which the camera cannot give); the notebook says so.
+  image's help).  Relative to the cloud alone, TokenFusion gains more on the sparsest objects than on
+  the densest (33+).
+- Every control that reads the image beats the point cloud alone by the same kind of margin: the gain
+  comes from the camera's alignment, whichever rule reads the image.
+- **TokenFusion's scores add nothing detectable here.**  Against each control, TokenFusion does not
+  lead on every seed, and a paired t-test over the three seeds (``paired_difference``) finds no lead at
+  5 %.  (In a recorded run it trailed every control on every seed, by 0.001 to 0.053 of the objects;
+  no paired test called that real either, so only "no lead" is asserted.)  The test fails the day a
+  change gives TokenFusion a lead the seeds agree on.
 
-Objects without any cloud point are undetected by both by construction (no seed lies on them), so that
-bucket is not compared.
+Objects without any cloud point are undetected by every model by construction (no seed lies on them), so
+that bucket is not compared.
 """
 
 import pytest
 import torch
 
 from fusion_edu.datasets import load_pointcloud_scenes
-from fusion_edu.recipes import POINT_IMAGE, point_image_training, train_point_image
+from fusion_edu.metrics import paired_difference
+from fusion_edu.recipes import POINT_IMAGE, point_image_training, train_point_image_models
 from fusion_edu.tokenfusion_heterogeneous import (
     PointImageTokenFusion,
     detection_accuracy_by_sparsity,
@@ -35,9 +42,10 @@ from fusion_edu.tokenfusion_heterogeneous import (
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
 
 SEEDS = (0, 1, 2)
-MARGIN = 0.05  # detection share by which the fused model must lead (about 3,000 test objects)
+MARGIN = 0.05  # detection share by which a model must lead (about 3,000 test objects)
 WITH_POINTS = ("1-8", "9-32", "33+")
-RATIO_MARGIN = 0.2  # fused / point-only detection share (measured gaps: 0.45 to 0.81)
+RATIO_MARGIN = 0.1  # TokenFusion / point-only detection share, 1-8 against 33+ (measured gaps: 0.23 to 0.34)
+CONTROLS = ("additive", "substitute all", "random")
 SEEDS_PER_CLOUD, PATCH = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size
 
 
@@ -47,13 +55,12 @@ def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float,
     each sparsity bucket: (share detected, objects)}``."""
     tables = {}
     for seed in SEEDS:
-        config = point_image_training(seed)
         with claims_cache("pointimage", seed):
             train, test = (detection_targets(load_pointcloud_scenes(split, seed=seed), SEEDS_PER_CLOUD, PATCH)
                            for split in ("train", "test"))
+            models, _ = train_point_image_models(train, point_image_training(seed), progress=False)
             tables[seed] = {}
-            for name, fusion in (("point-only", False), ("fused", True)):
-                model, _ = train_point_image(name, train, config, fusion=fusion, progress=False)
+            for name, model in models.items():
                 found = object_detections(model, test, torch.device("cpu"))
                 overall = (found["correct"].float().mean().item(), len(found["correct"]))
                 tables[seed][name] = {"all": overall, **detection_accuracy_by_sparsity(found)}
@@ -62,16 +69,37 @@ def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float,
     return tables
 
 
-def test_04_fused_detects_more_objects_overall_and_in_every_bucket_with_points(detection_tables):
+def test_04_tokenfusion_detects_more_objects_overall_and_in_every_bucket_with_points(detection_tables):
     for seed, table in detection_tables.items():
         for bucket in ("all", *WITH_POINTS):
-            fused, alone = table["fused"][bucket][0], table["point-only"][bucket][0]
+            fused, alone = table["TokenFusion"][bucket][0], table["point-only"][bucket][0]
             assert fused > alone + MARGIN, (seed, bucket, table)
 
 
 def test_04_sparse_objects_gain_most_relative_to_the_cloud_alone(detection_tables):
     for seed, table in detection_tables.items():
-        ratio = {b: round(table["fused"][b][0] / table["point-only"][b][0], 2) for b in WITH_POINTS}
-        print(f"seed {seed}: fused / point-only by bucket", ratio)  # pytest -s
-        assert table["fused"]["1-8"][0] > table["point-only"]["9-32"][0] + MARGIN, (seed, table)
+        fused, alone = table["TokenFusion"], table["point-only"]
+        ratio = {b: round(fused[b][0] / alone[b][0], 2) for b in WITH_POINTS}
+        print(f"seed {seed}: TokenFusion / point-only by bucket", ratio)  # pytest -s
+        assert fused["1-8"][0] > alone["9-32"][0] + MARGIN, (seed, table)
         assert ratio["1-8"] > ratio["33+"] + RATIO_MARGIN, (seed, ratio)
+
+
+def test_04_every_control_that_reads_the_image_beats_the_cloud_alone(detection_tables):
+    for seed, table in detection_tables.items():
+        for control in CONTROLS:
+            for bucket in ("all", *WITH_POINTS):
+                alone = table["point-only"][bucket][0]
+                assert table[control][bucket][0] > alone + MARGIN, (seed, control, bucket, table)
+
+
+def test_04_tokenfusion_leads_none_of_its_controls(detection_tables):
+    def overall(name: str) -> list[float]:
+        return [table[name]["all"][0] for table in detection_tables.values()]
+
+    for control in CONTROLS:
+        difference = paired_difference(overall("TokenFusion"), overall(control))
+        print(f"TokenFusion - {control}: {[round(d, 3) for d in difference.differences]}, mean "  # pytest -s
+              f"{difference.mean:+.3f}, t = {difference.t:.2f}, detectable {difference.detectable:.3f}")
+        assert not all(d > 0 for d in difference.differences), (control, difference)
+        assert not (difference.significant and difference.mean > 0), (control, difference)

@@ -9,6 +9,7 @@ from fusion_edu.datasets.pointcloud import PointCloudConfig, generate_pointcloud
 from fusion_edu.plotting import plot_point_substitution
 from fusion_edu.tokenfusion_heterogeneous import (
     BACKGROUND,
+    FUSIONS,
     SPARSITY_BUCKETS,
     PointImageOutput,
     PointImageTokenFusion,
@@ -18,6 +19,7 @@ from fusion_edu.tokenfusion_heterogeneous import (
     object_detections,
     project_to_patches,
     substitute_point_tokens,
+    substitution_share,
 )
 from fusion_edu.train import seeded
 from fusion_edu.widgets import point_substitution_explorer, sample_point_substitution
@@ -51,12 +53,112 @@ def test_low_scoring_point_tokens_take_the_projected_image_token_through_h():
     projection = nn.Linear(2, 4)
     scores = torch.tensor([[0.9, 0.01, 0.01]])
     patch_index, valid = torch.tensor([[0, 3, 3]]), torch.tensor([[True, True, False]])
-    new, substituted = substitute_point_tokens(point_tokens, scores, image_tokens, patch_index, valid,
-                                               projection, threshold=0.02)
+    read, substituted = substitute_point_tokens(point_tokens, scores, image_tokens, patch_index, valid,
+                                                projection, threshold=0.02)
     assert substituted.tolist() == [[False, True, False]]  # the third has no patch: never substituted
-    torch.testing.assert_close(new[0, 0], 0.9 * point_tokens[0, 0])  # kept tokens are scored
-    torch.testing.assert_close(new[0, 1], projection(image_tokens[0, 3]))
-    torch.testing.assert_close(new[0, 2], 0.01 * point_tokens[0, 2])
+    torch.testing.assert_close(read[0, [0, 2]], point_tokens[0, [0, 2]])  # kept tokens are read as they are
+    torch.testing.assert_close(read[0, 1], projection(image_tokens[0, 3]))
+
+
+def _by_hand(model, inputs):
+    """TokenFusion's point branch written out: per layer, score the tokens, read h(image token) in place of
+    those under θ, re-add the positions (only the first copy trained), scale the kept tokens' attention
+    update by their scores (Eq. 4), and add the layer's update to each token's own stream."""
+    tokens, positions, xyz = model.tokenizer(inputs["points"], inputs["seeds"])
+    image = model.image.embed(inputs["image"])
+    patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], 64, 8)
+    rows = torch.arange(len(tokens))[:, None]
+    for index, layer in enumerate(model.layers):
+        image, _ = model.image.blocks[index](image)
+        scores = model.score_predictors[index](tokens)
+        substituted = (scores < model.threshold) & valid
+        from_image = model.projections[index](image[:, 1:].detach()[rows, patch_index])
+        read = torch.where(substituted[..., None], from_image, tokens)
+        x = read + (positions if index == 0 else positions.detach())
+        scale = torch.where(substituted, 1.0, scores)
+        x = x + scale[..., None] * layer.attn(layer.norm1(x))[0]
+        x = x + layer.mlp(layer.norm2(x))
+        tokens = x + (tokens - read)  # a substituted token's own stream keeps its point features
+    return model.class_head(model.norm(tokens)).transpose(1, 2)
+
+
+def test_the_fused_point_branch_is_the_layer_rule_written_out(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion(threshold=0.5, **SMALL)  # scores start near 0.5: some substituted
+    output = model(scenes)
+    assert 0 < sum(int(mask.sum()) for mask in output.substituted) < 2 * output.has_patch.sum()
+    expected = _by_hand(model, scenes)
+    torch.testing.assert_close(output.logits, expected)
+    grads = [torch.autograd.grad(logits.square().sum(), list(model.tokenizer.position.parameters()))
+             for logits in (output.logits, expected)]
+    for package, by_hand in zip(*grads, strict=True):  # RPA: only the first copy of the positions trains
+        torch.testing.assert_close(package, by_hand)
+
+
+def test_scores_do_not_compound_down_the_stream(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion(threshold=0.0, **SMALL).eval()  # nothing substituted
+    with torch.no_grad():
+        for predictor in model.score_predictors:  # every score 1e-3 (the last layer's bias decides)
+            predictor.net[-2].weight.zero_()
+            predictor.net[-2].bias.copy_(torch.tensor([0.0, 6.9]))
+        tokens, positions, _ = model.tokenizer(scenes["points"], scenes["seeds"])
+        output = model(scenes)
+        assert all(torch.allclose(s, torch.full_like(s, 1e-3), atol=1e-4) for s in output.scores)
+        for layer in model.layers:  # with scores near 0 the attention updates vanish; the stream does not
+            x = tokens + positions
+            tokens = x + layer.mlp(layer.norm2(x)) + 1e-3 * layer.attn(layer.norm1(x))[0]
+        torch.testing.assert_close(output.logits, model.class_head(model.norm(tokens)).transpose(1, 2),
+                                   atol=1e-3, rtol=1e-3)
+
+
+def test_the_controls_read_the_image_without_scores(scenes):
+    with seeded(0):
+        everyone = PointImageTokenFusion("substitute_all", **SMALL)
+    state = everyone.state_dict()
+    controls = {share: PointImageTokenFusion("random", random_share=(share, share), **SMALL)
+                for share in (0, 1)}
+    with seeded(0):
+        additive = PointImageTokenFusion("additive", **SMALL)
+    for model in (*controls.values(), additive):
+        model.load_state_dict(state)
+    models = {"all": everyone, "random 1": controls[1], "random 0": controls[0], "additive": additive}
+    outputs = {name: model.eval()(scenes) for name, model in models.items()}
+    assert all(torch.equal(m, outputs["all"].has_patch) for m in outputs["all"].substituted)
+    torch.testing.assert_close(outputs["random 1"].logits, outputs["all"].logits)  # share 1 substitutes all
+    assert not any(m.any() for m in outputs["random 0"].substituted)
+    assert not torch.allclose(outputs["random 0"].logits, outputs["all"].logits)
+    assert not torch.allclose(outputs["additive"].logits, outputs["all"].logits)
+    assert all(o.scores is None for o in outputs.values())
+
+
+def test_random_substitution_takes_its_share_and_is_reproducible_in_evaluation(scenes):
+    with seeded(0):
+        model = PointImageTokenFusion("random", random_share=(0.3, 0.7), **SMALL)
+    share = substitution_share(model, scenes)
+    assert abs(share[0] - 0.3) < 0.15 and abs(share[1] - 0.7) < 0.15, share
+    assert substitution_share(model, scenes) == share  # evaluation draws from a fixed generator
+    model.train()
+    first, second = model(scenes).substituted, model(scenes).substituted  # training draws afresh
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_substitution_share_counts_the_tokens_with_a_patch_that_read_the_image(scenes):
+    with seeded(0):
+        always, never = (PointImageTokenFusion(threshold=t, **SMALL) for t in (1.0, 0.0))
+    assert substitution_share(always, scenes) == [1.0, 1.0]
+    assert substitution_share(never, scenes) == [0.0, 0.0]
+
+
+def test_bad_fusions_are_refused_with_what_was_expected():
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        PointImageTokenFusion("late", **SMALL)
+    with pytest.raises(ValueError, match=r"one share per layer \(2\).*random_share=None"):
+        PointImageTokenFusion("random", **SMALL)
+    with pytest.raises(ValueError, match=r"one share per layer \(2\)"):
+        PointImageTokenFusion("random", random_share=(0.5,), **SMALL)
+    with pytest.raises(ValueError, match="only it takes shares"):
+        PointImageTokenFusion(random_share=(0.5, 0.5), **SMALL)
 
 
 def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
@@ -71,21 +173,23 @@ def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
     assert (scenes["patch_label"] > 0).sum() > 0  # projected object centres mark image patches
 
 
-@pytest.mark.parametrize("fusion", [False, True])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_forward_shapes_and_a_finite_loss(scenes, fusion):
     with seeded(0):
-        model = PointImageTokenFusion(fusion=fusion, **SMALL)
+        shares = (0.5, 0.5) if fusion == "random" else None
+        model = PointImageTokenFusion(fusion, random_share=shares, **SMALL)
     output = model(scenes)
     assert output.logits.shape == (6, 5, 16) and output.centres.shape == (6, 16, 3)
     assert torch.isfinite(output.aux_loss)
-    assert (output.scores is not None) == fusion and (output.patch_logits is not None) == fusion
-    if fusion:
+    assert (output.scores is not None) == (fusion == "tokenfusion")
+    assert (output.patch_logits is not None) == (fusion != "none")
+    if fusion != "none":
         assert output.patch_logits.shape == (6, 5, 64) and len(output.substituted) == 2
 
 
 def test_point_loss_reaches_the_scores_but_not_the_image_branch(scenes):
     with seeded(0):
-        model = PointImageTokenFusion(fusion=True, lambda_l1=0.0, **SMALL)
+        model = PointImageTokenFusion(lambda_l1=0.0, **SMALL)
     output = model(scenes)
     torch.nn.functional.cross_entropy(output.logits, scenes["label"]).backward()
     assert model.score_predictors[0].net[1].weight.grad.abs().sum() > 0
@@ -94,7 +198,7 @@ def test_point_loss_reaches_the_scores_but_not_the_image_branch(scenes):
 
 def test_points_all_behind_the_camera_are_never_substituted(scenes):
     with seeded(0):
-        model = PointImageTokenFusion(fusion=True, threshold=0.99, **SMALL)
+        model = PointImageTokenFusion(threshold=0.99, **SMALL)
     flipped = {**scenes, "Rt": scenes["Rt"] * torch.tensor([-1.0, 1.0, -1.0])[:, None]}  # turned around
     output = model(flipped)
     assert not any(mask.any() for mask in output.substituted) and torch.isfinite(output.logits).all()
@@ -172,7 +276,7 @@ def test_plot_point_substitution_rings_the_substituted_seeds_and_outlines_their_
 
 def test_point_substitution_explorer_reads_the_models_substitutions(scenes):
     with seeded(0):
-        model = PointImageTokenFusion(fusion=True, threshold=0.5, **SMALL)
+        model = PointImageTokenFusion(threshold=0.5, **SMALL)
     sample = sample_point_substitution(model, scenes, 4)
     output = model.eval()({key: value[4:5] for key, value in scenes.items()})
     assert sample["scores"].shape == sample["substituted"].shape == (2, 16)
@@ -185,7 +289,7 @@ def test_point_substitution_explorer_reads_the_models_substitutions(scenes):
     sliders = {child.description: child for child in explorer.children[:-1]}
     assert sliders["scene"].max == 5 and sliders["layer"].max == 1
     with seeded(0):
-        point_only = PointImageTokenFusion(fusion=False, **SMALL)
-    with pytest.raises(ValueError, match="point-only"):
+        point_only = PointImageTokenFusion("none", **SMALL)
+    with pytest.raises(ValueError, match="fusion='none'"):
         sample_point_substitution(point_only, scenes, 0)
     plt.close("all")
