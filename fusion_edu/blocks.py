@@ -154,7 +154,8 @@ class Attention(nn.Module):
     Uses ``F.scaled_dot_product_attention`` (fused kernels) unless the weights are asked for,
     in which case it computes the softmax explicitly and returns it, ``(b, heads, n_q, n_k)``.
     ``attn_mask`` is a boolean ``(n_q, n_k)`` or ``(b, 1, n_q, n_k)`` mask, True where a query
-    may attend.
+    may attend.  ``context (b, n_c, d)``, if given, joins the keys and values only: the queries
+    (and the outputs) are x's n tokens, the keys and values [context; x]'s n_c + n.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -170,12 +171,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
-                return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3,
-                            h=self.num_heads)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, return_attention: bool = False,
+                context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        q, k, v = self._queries_keys_values(x, context)  # b h n_q e, b h n_k e, b h n_k e
         if return_attention:
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # b h n n
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # b h n_q n_k
             if attn_mask is not None:
                 logits = logits.masked_fill(~attn_mask, float("-inf"))
             weights = logits.softmax(dim=-1)
@@ -186,6 +186,18 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         out = rearrange(out, "b h n e -> b n (h e)")
         return self.proj_drop(self.proj(out)), weights
+
+    def _queries_keys_values(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """[q; k; v] = z U_qkv; with a context, U_qkv split: q from x alone, k and v from [context; x]."""
+        if context is None:
+            return rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
+        dim = x.shape[-1]
+        weight_q, weight_kv = self.qkv.weight.split([dim, 2 * dim])
+        bias_q, bias_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([dim, 2 * dim])
+        q = rearrange(F.linear(x, weight_q, bias_q), "b n (h e) -> b h n e", h=self.num_heads)
+        k, v = rearrange(F.linear(torch.cat([context, x], dim=1), weight_kv, bias_kv),
+                         "b n (two h e) -> two b h n e", two=2, h=self.num_heads)
+        return q, k, v
 
 
 class Block(nn.Module):
@@ -202,10 +214,14 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, return_attention: bool = False,
-                attention_scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                attention_scale: Tensor | None = None, context: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
         """``attention_scale (b n)``, if given, multiplies each token's attention update:
-        x + s · MSA(LN(x)), TokenFusion's Eq. 4 in its official form."""
-        attended, weights = self.attn(self.norm1(x), attn_mask, return_attention)
+        x + s · MSA(LN(x)), TokenFusion's Eq. 4 in its official form.  ``context (b n_c d)``, if
+        given, is read as keys and values beside x (normalised by the same LN) but not updated:
+        only x's tokens come out."""
+        normed_context = None if context is None else self.norm1(context)
+        attended, weights = self.attn(self.norm1(x), attn_mask, return_attention, normed_context)
         if attention_scale is not None:
             attended = attended * attention_scale[..., None]  # b n d
         x = x + self.drop_path1(attended)  # Eq. 2

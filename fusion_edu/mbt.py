@@ -8,8 +8,10 @@ four ways (Sec. 3.2–3.3; ``FUSIONS``):
 - ``"late"``: no cross-modal attention at all (the two streams meet only in the classifier);
 - ``"vanilla"``: one self-attention over the concatenated tokens of both modalities (Sec. 3.2).
   The official code runs it with shared encoder weights, so this mode needs ``share_encoder``;
-- ``"cross"``: each modality's own layer runs on [the other modalities' tokens; its own tokens]
-  and keeps only its own outputs (the official code's "modality-specific" full attention);
+- ``"cross"``: each modality's own layer reads [the other modalities' tokens; its own tokens] as
+  keys and values, with its own tokens as the queries (the official code's "modality-specific" full
+  attention: scenic runs the layer on the whole sequence and drops the other modalities' outputs; the
+  outputs kept are the same, and the FLOPs here are the ones the method needs);
 - ``"bottleneck"`` (Sec. 3.3, Eqs. 8–9): B **bottleneck tokens** z_fsn are shared: each
   modality's layer runs on [its tokens; z_fsn], and the modalities' updated bottleneck tokens are
   **averaged**, z_fsn^{l+1} = mean_i ẑ_fsn,i^{l+1}.  All modalities update in parallel from the same
@@ -17,7 +19,8 @@ four ways (Sec. 3.2–3.3; ``FUSIONS``):
 
 Classification (Sec. 3.4): each modality's CLS token goes through one shared linear head; training
 averages the modalities' losses, evaluation averages their logits.  ``classifier="gap"`` is the
-official code's other option: one head on the mean of all tokens.  ``test_with_bottlenecks=False``
+official code's other option: no CLS tokens at all (scenic adds them only for "token"), and one head
+on the mean of both modalities' tokens.  ``test_with_bottlenecks=False``
 evaluates a bottleneck model with every layer unimodal (the official switch).  The official code
 adds one bottleneck token when classifying from CLS tokens; we keep exactly B.
 """
@@ -136,13 +139,13 @@ def _vanilla(layer: Block, tokens: Mapping[str, Tensor], return_attention: bool
 
 def _cross(layers: Mapping[str, Block], tokens: Mapping[str, Tensor], return_attention: bool
            ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
-    """Each modality's own layer over [the other modalities' tokens; its own], keeping its own outputs."""
+    """Each modality's own layer reading [the other modalities' tokens; its own] as keys and values,
+    with only its own tokens as queries: the outputs scenic keeps, without computing the ones it drops."""
     new_tokens, weights = {}, {}
     for modality, x in tokens.items():
-        context = [tokens[other] for other in tokens if other != modality]
-        out, weights[modality] = layers[modality](torch.cat([*context, x], dim=1),
-                                                  return_attention=return_attention)
-        new_tokens[modality] = out[:, -x.shape[1]:]
+        context = torch.cat([tokens[other] for other in tokens if other != modality], dim=1)  # b n_c d
+        new_tokens[modality], weights[modality] = layers[modality](x, context=context,
+                                                                   return_attention=return_attention)
     return new_tokens, weights
 
 
@@ -261,10 +264,11 @@ class MBT(nn.Module):
             "frames": TubeletEmbed(num_frames, frame_size, tubelet, frame_chans, embed_dim),
             "spectrogram": PatchEmbed(spectrogram_size, spectrogram_patch, 1, embed_dim),
         })
+        prefix = 1 if classifier == "token" else 0  # a CLS token per modality, for the token classifier only
         self.cls_tokens = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, embed_dim))
-                                            for m in MODALITIES})
+                                            for m in MODALITIES}) if prefix else None
         self.pos_embeds = nn.ParameterDict({
-            m: nn.Parameter(torch.randn(1, 1 + embed.num_patches, embed_dim) * POS_STD)
+            m: nn.Parameter(torch.randn(1, prefix + embed.num_patches, embed_dim) * POS_STD)
             for m, embed in self.embeds.items()})
         def encoder() -> nn.ModuleList:
             return nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
@@ -288,15 +292,16 @@ class MBT(nn.Module):
         return {m: tuple(embed.grid_size) for m, embed in self.embeds.items()}
 
     def embed(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Each modality's ``[CLS; tokens] + positions``, ``(b, 1 + n_m, d)``."""
+        """Each modality's ``[CLS; tokens] + positions``, ``(b, 1 + n_m, d)`` (no CLS under "gap")."""
         missing = [m for m in MODALITIES if m not in inputs]
         if missing:
             raise KeyError(f"MBT reads {list(MODALITIES)}; missing {missing}, got keys {sorted(inputs)}")
         tokens = {}
         for m in MODALITIES:
-            patches = self.embeds[m](inputs[m])
-            cls = self.cls_tokens[m].expand(len(patches), -1, -1)
-            tokens[m] = torch.cat([cls, patches], dim=1) + self.pos_embeds[m]
+            patches = self.embeds[m](inputs[m])  # b n_m d
+            if self.cls_tokens is not None:
+                patches = torch.cat([self.cls_tokens[m].expand(len(patches), -1, -1), patches], dim=1)
+            tokens[m] = patches + self.pos_embeds[m]
         return tokens
 
     def fuses_at(self, layer: int) -> bool:

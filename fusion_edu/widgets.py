@@ -159,9 +159,10 @@ def sample_bottleneck_attention(model: nn.Module, data: Mapping[str, Tensor], in
 def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets.Widget:
     """Clip, fusion layer and bottleneck index -> where that bottleneck token attends in the
     frames and in the spectrogram, and what attends to it (``plot_bottleneck_attention``)."""
-    if model.fusion != "bottleneck" or not model.test_with_bottlenecks:
-        raise ValueError(f"the explorer shows bottleneck fusion evaluated with its bottlenecks, got "
-                         f"fusion={model.fusion!r}, test_with_bottlenecks={model.test_with_bottlenecks}")
+    if model.fusion != "bottleneck" or not model.test_with_bottlenecks or model.classifier != "token":
+        raise ValueError(f"the explorer shows bottleneck fusion evaluated with its bottlenecks and CLS "
+                         f"tokens, got fusion={model.fusion!r}, test_with_bottlenecks="
+                         f"{model.test_with_bottlenecks}, classifier={model.classifier!r}")
     attention_of = lru_cache(maxsize=32)(lambda index: sample_bottleneck_attention(model, data, index))
     depth = len(model.layers["frames"])
 

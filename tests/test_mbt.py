@@ -98,8 +98,26 @@ def test_attention_shapes_follow_the_mode():
         assert output.attention[0]["frames"].shape[-1] == frames_tokens  # before L_f: unimodal
         assert output.attention[1]["frames"].shape[-1] == frames_len
         assert output.attention[1]["spectrogram"].shape[-1] == audio_len
+        if fusion == "cross":  # only a modality's own tokens are queries
+            assert output.attention[1]["frames"].shape[-2] == frames_tokens
     vanilla = _model(fusion="vanilla", share_encoder=True, fusion_layer=1)(clips, return_attention=True)
     assert vanilla.attention[2]["joint"].shape[-1] == frames_tokens + audio_tokens
+
+
+def test_the_gap_classifier_has_no_cls_tokens_and_averages_every_token():
+    clips = _clips()
+    model = _model(classifier="gap").eval()
+    assert model.cls_tokens is None and not any("cls" in name for name, _ in model.named_parameters())
+    tokens = model.embed(clips)
+    assert {m: x.shape[1] for m, x in tokens.items()} == {"frames": 8, "spectrogram": 4}  # patches only
+    bottleneck = model.bottleneck_tokens.expand(3, -1, -1)
+    with torch.no_grad():
+        for index in range(len(model.layers["frames"])):
+            layers = {m: model.layers[m][index] for m in tokens}
+            fusion = model.fusion if model.fuses_at(index) else "late"
+            tokens, bottleneck, _ = fusion_layer_step(fusion, layers, tokens, bottleneck)
+        every_token = torch.cat([model.norm(x) for x in tokens.values()], dim=1)  # b (8 + 4) d
+        torch.testing.assert_close(model(clips).logits, model.head(every_token.mean(1)))
 
 
 def test_token_classifier_trains_on_the_mean_of_the_modalities_losses():
@@ -179,9 +197,11 @@ def test_attention_mask_is_what_one_fusion_layer_depends_on(fusion):
     assert torch.equal(depends[:, keep], mask)
 
 
-def _layer_flops(n: int, d: int = 64, mlp_ratio: float = 2.0) -> float:
-    """One transformer layer over n tokens: linear maps 2 n d^2 (4 + 2r), attention 4 n^2 d."""
-    return 2 * n * d ** 2 * (4 + 2 * mlp_ratio) + 4 * n ** 2 * d
+def _layer_flops(n: int, d: int = 64, mlp_ratio: float = 2.0, context: int = 0) -> float:
+    """One transformer layer over n tokens: linear maps 2 n d^2 (4 + 2r), attention 4 n^2 d; with
+    ``context`` more tokens read as keys and values only, their K and V maps 4 n_c d^2 and the n
+    queries' attention over n_c + n keys, 4 n (n_c + n) d."""
+    return 2 * n * d ** 2 * (4 + 2 * mlp_ratio) + 4 * context * d ** 2 + 4 * n * (n + context) * d
 
 
 @pytest.mark.parametrize("frames, spectrogram", [(33, 17), (1569, 401)])
@@ -189,7 +209,8 @@ def test_fusion_layer_flops_match_the_closed_form_of_each_mode(frames: int, spec
     tokens, b = {"frames": frames, "spectrogram": spectrogram}, 4
     expected = {"late": _layer_flops(frames) + _layer_flops(spectrogram),
                 "vanilla": _layer_flops(frames + spectrogram),
-                "cross": 2 * _layer_flops(frames + spectrogram),
+                "cross": (_layer_flops(frames, context=spectrogram)
+                          + _layer_flops(spectrogram, context=frames)),
                 "bottleneck": _layer_flops(frames + b) + _layer_flops(spectrogram + b)}
     measured = {fusion: fusion_layer_flops(fusion, tokens, num_bottlenecks=b) for fusion in FUSIONS}
     assert measured == expected
