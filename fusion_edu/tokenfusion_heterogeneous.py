@@ -11,14 +11,18 @@ the index of the image patch (size P, image width W) the point falls in.  Before
 score predictor rates every point token the layer reads, s^l(e) ∈ [0, 1]; what the layer reads in
 place of a token scoring below θ is h(image token at proj(p)), h a shallow MLP from the image width to
 the point width (Eq. 6), and a token scoring above θ is read as it is, its attention update multiplied
-by its score, s · MSA(LN(e)), so the score receives gradient (Eq. 4 in the official code's form).  The
-layer's update then lands on each token's own residual stream: neither the substitution nor the score
-is carried to the next layer, which scores and substitutes afresh (as the official detector does: it
-scores and substitutes its point features anew in every decoder layer, nothing compounding).  Residual
-positional alignment (RPA, Sec. 3.3) re-adds the 3-D positional embedding to what every layer reads,
-after substitution, so a substituted token keeps its place in 3-D; as the paper does, only the first
-layer's copy is trained, the later ones are detached.  An l1 penalty on the scores (Eq. 5) makes
-substitution happen.  Exchange is one way, image → points, as in the paper's 3-D detection experiment.
+by its score, s · MSA(LN(e)), so the score receives gradient (Eq. 4 in the form of the official
+homogeneous code).  The layer's update then lands on each token's own residual stream: neither the
+substitution nor the score is carried to the next layer, which scores and substitutes afresh (as the
+official detector does: it scores and substitutes its point features anew in every decoder layer,
+nothing compounding).  Residual positional alignment (RPA, Sec. 3.3) re-adds the 3-D positional
+embedding p to what every layer reads, after substitution, so a substituted token keeps its place in
+3-D: e^{l+1} = (e^l + p) + [Layer(ẽ^l + p) − (ẽ^l + p)], so that, as in any residual network that adds
+positions before each layer, a kept token's stream carries l + 1 copies of p at layer l; only the first
+copy is trained, the later ones are detached (Sec. 3.3).  Points without a patch (outside the image,
+behind the camera) are read as they are, unscaled, and their scores stay out of the l1 term: there is
+nothing for them to decide.  An l1 penalty on the scores (Eq. 5) makes substitution happen.  Exchange
+is one way, image → points, as in the paper's 3-D detection experiment.
 
 Where the paper is vague this module follows the official detector (yikaiw/TokenFusion,
 object-detection-3d, ``models/detector.py`` and ``train_dist.py``), and says so: the score predictor is
@@ -28,25 +32,29 @@ one (the official 1 : 10; on an earlier form of this model, at 1 : 1 its gradien
 loop's global gradient-norm clip and slowed the point branch: 0.52 of the objects detected against
 0.82); and an l1 term on the point scores of every layer (the official ``train_dist.py`` adds
 1e-3 · Σ|s| over the point scores of every decoder layer and every scene of the batch).  Measured here
-(seed 0, notebook 04's recipe, share of the point tokens with a patch that are substituted, per layer):
-without an l1 term nothing is substituted (0.384 of the objects detected, the point-only model's level);
-at λ = 1e-5 0.52 / 0.96 / 0.84 / 0.84 (0.752 detected); at 3e-5, our default, 1.0 / 1.0 / 0.91 / 0.90
-(0.797); at the official 1e-3 on our sum, every token in every layer (0.795), which makes TokenFusion
-the "substitute all" control by construction.
+(seed 0, notebook 04's recipe, before points without a patch were exempted from the score; share of the
+point tokens with a patch that are substituted, per layer): without an l1 term nothing is substituted
+(0.384 of the objects detected, against 0.334 for the point-only model); at λ = 1e-5 0.52 / 0.96 / 0.84 /
+0.84 (0.752 detected); at 3e-5, our default, 1.0 / 1.0 / 0.91 / 0.90 (0.797, at 2 threads); at the
+official 1e-3 on our sum, every token in every layer (0.795), which makes TokenFusion the "substitute
+all" control by construction.
 
 What remains different from the official detector, and why:
 
 - its point features are a fixed set read through cross-attention by object proposals (a DETR-style
   decoder); ours are an encoder whose tokens are also the predictions, so the substituted token's own
   stream keeps its point features and receives the update computed from the image token;
-- its scored tokens are s · e, read as keys and values without a LayerNorm; ours pass a pre-norm
-  layer, where s · e would be normalised away, so the score scales the attention update (the
-  homogeneous official form);
+- its scored tokens are s · e, read as keys and values without a LayerNorm, so the score scales what a
+  token *sends*; ours pass a pre-norm layer, where s · e would be normalised away, so the score scales
+  the attention update a token *receives* (the homogeneous official form);
+- it has no RPA: each decoder layer adds its own learned embedding of the points' xyz to the keys
+  (``decoder_cross_posembeds``); ours follows the paper's Sec. 3.3;
+- its h is a 3-layer MLP with ReLUs (``FFN(hidden, hidden, 288, 3)``); ours has 2 layers and a GELU;
 - the l1 weight is our own (``lambda_l1`` 3e-5 on the sum), not the official 1e-3 (see above);
 - one image layer per point layer (the official code runs two image blocks per decoder layer);
 - the official code has no mask for points outside the image (SUN RGB-D's depth and colour cameras
-  see the same field), while ours has a wider depth sensor, so points without a patch, outside the
-  image or behind the camera, are always read as they are.
+  see the same field), while ours has a wider depth sensor: points without a patch are read as they
+  are, unscaled and outside the l1 term.
 
 Controls (notebook 04), each the same model with another rule for what a layer reads, no scores and no
 l1 term: ``"additive"`` adds h(image token) to every projected point token; ``"substitute_all"``
@@ -218,11 +226,13 @@ class PointImageTokenFusion(nn.Module):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if (fusion == RANDOM) != (random_share is not None) or (random_share and len(random_share) != depth):
-            raise ValueError(f"random substitution needs one share per layer ({depth}), and only it takes "
-                             f"shares; got fusion={fusion!r}, random_share={random_share}")
+        shares_fit = random_share is None or (
+            len(random_share) == depth and all(0 <= share <= 1 for share in random_share))
+        if (fusion == RANDOM) != (random_share is not None) or not shares_fit:
+            raise ValueError(f"random substitution needs one share in [0, 1] per layer ({depth}), and only "
+                             f"it takes shares; got fusion={fusion!r}, random_share={random_share}")
         self.fusion, self.threshold, self.lambda_l1, self.rpa = fusion, threshold, lambda_l1, rpa
-        self.random_share = tuple(random_share) if random_share else None
+        self.random_share = None if random_share is None else tuple(random_share)
         self.image_loss_weight, self.image_size, self.patch_size = image_loss_weight, image_size, patch_size
         self.tokenizer = PointTokenizer(num_seeds, group_size, point_dim)
         self.layers = nn.ModuleList(Block(point_dim, num_heads, mlp_ratio) for _ in range(depth))
@@ -251,6 +261,9 @@ class PointImageTokenFusion(nn.Module):
             image = self.image.embed(inputs["image"])  # b 1+N d_i
             patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], self.image_size,
                                                     self.patch_size)
+        self._evaluation_draws = None  # the random control's generator in evaluation, one per forward
+        if self.fusion == RANDOM and not self.training:
+            self._evaluation_draws = torch.Generator(xyz.device).manual_seed(RANDOM_EVAL_SEED)
         for index, layer in enumerate(self.layers):
             # RPA (Sec. 3.3): the positions re-added before every layer, only the first copy trained
             rpa = positions if index == 0 else (positions.detach() if self.rpa else 0.0)
@@ -259,9 +272,9 @@ class PointImageTokenFusion(nn.Module):
                 image, _ = self.image.blocks[index](image)
                 patches = image[:, NUM_PREFIX_TOKENS:].detach()  # the official code detaches them
                 read, mask, score = self._what_the_layer_reads(index, tokens, patches, patch_index, valid)
-                if score is not None:  # Eq. 4 scales the kept tokens' updates; a substituted one is unscaled
+                if score is not None:  # Eq. 4 scales the kept tokens' updates (of the tokens with a patch)
                     scores.append(score)
-                    scale = torch.where(mask, torch.ones_like(score), score)
+                    scale = torch.where(mask | ~valid, torch.ones_like(score), score)
                 substituted.append(mask)
             # the layer reads `read` (positions re-added after substitution); its update lands on each
             # token's own stream, so nothing this layer substituted or scaled is carried to the next
@@ -291,10 +304,10 @@ class PointImageTokenFusion(nn.Module):
         return read, mask, None
 
     def _random_choice(self, index: int, valid: Tensor) -> Tensor:
-        """Each point token chosen with probability ``random_share[index]``: in training from torch's
-        generator (seeded by ``fit``), in evaluation from a fixed one, so a test score is reproducible."""
-        generator = None if self.training else torch.Generator(valid.device).manual_seed(RANDOM_EVAL_SEED)
-        draws = torch.rand(valid.shape, generator=generator, device=valid.device)
+        """Each point token chosen with probability ``random_share[index]``, each layer drawing afresh: in
+        training from torch's generator (seeded by ``fit``), in evaluation from one seeded anew in every
+        forward, so a test score is reproducible."""
+        draws = torch.rand(valid.shape, generator=self._evaluation_draws, device=valid.device)
         return draws < self.random_share[index]
 
     def _outputs(self, inputs: Mapping[str, Tensor], tokens: Tensor, xyz: Tensor, image: Tensor | None,
@@ -322,7 +335,8 @@ class PointImageTokenFusion(nn.Module):
         if output.patch_logits is not None:
             loss = loss + self.image_loss_weight * F.cross_entropy(output.patch_logits, inputs["patch_label"])
         if output.scores is not None:
-            loss = loss + self.lambda_l1 * l1_sparsity([{"points": s} for s in output.scores])
+            with_patch = output.has_patch.to(output.scores[0].dtype)  # b m: the scores that decide anything
+            loss = loss + self.lambda_l1 * l1_sparsity([{"points": s * with_patch} for s in output.scores])
         return loss
 
 
@@ -379,6 +393,8 @@ def detection_accuracy_by_sparsity(detections: Mapping[str, Tensor], key: str = 
 def substitution_share(model: PointImageTokenFusion, data: Mapping[str, Tensor],
                        device: torch.device | None = None) -> list[float]:
     """Per layer, the share of point tokens with a patch that read the image: what ``"random"`` is given."""
+    if model.fusion == POINT_ONLY:
+        raise ValueError("the point-only model reads no image: it has no substitution share")
     substituted, with_patch = [], []
     for _, output in model_outputs(model, data, device):
         substituted.append(torch.stack(output.substituted).sum((1, 2)).cpu())  # per layer

@@ -22,6 +22,7 @@ from fusion_edu.tokenfusion_heterogeneous import (
     substitution_share,
 )
 from fusion_edu.train import seeded
+from fusion_edu.vit import NUM_PREFIX_TOKENS
 from fusion_edu.widgets import point_substitution_explorer, sample_point_substitution
 
 SMALL = dict(num_seeds=16, group_size=4, point_dim=16, image_dim=8, depth=2, num_heads=2, image_size=64,
@@ -62,20 +63,22 @@ def test_low_scoring_point_tokens_take_the_projected_image_token_through_h():
 
 def _by_hand(model, inputs):
     """TokenFusion's point branch written out: per layer, score the tokens, read h(image token) in place of
-    those under θ, re-add the positions (only the first copy trained), scale the kept tokens' attention
-    update by their scores (Eq. 4), and add the layer's update to each token's own stream."""
+    those under θ, re-add the positions (only the first copy trained), scale the attention update of the
+    kept tokens that have a patch by their scores (Eq. 4), and add the layer's update to each token's own
+    stream."""
     tokens, positions, xyz = model.tokenizer(inputs["points"], inputs["seeds"])
     image = model.image.embed(inputs["image"])
-    patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], 64, 8)
+    patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], model.image_size,
+                                            model.patch_size)
     rows = torch.arange(len(tokens))[:, None]
     for index, layer in enumerate(model.layers):
         image, _ = model.image.blocks[index](image)
         scores = model.score_predictors[index](tokens)
         substituted = (scores < model.threshold) & valid
-        from_image = model.projections[index](image[:, 1:].detach()[rows, patch_index])
+        from_image = model.projections[index](image[:, NUM_PREFIX_TOKENS:].detach()[rows, patch_index])
         read = torch.where(substituted[..., None], from_image, tokens)
         x = read + (positions if index == 0 else positions.detach())
-        scale = torch.where(substituted, 1.0, scores)
+        scale = torch.where(substituted | ~valid, 1.0, scores)  # tokens without a patch: unscaled
         x = x + scale[..., None] * layer.attn(layer.norm1(x))[0]
         x = x + layer.mlp(layer.norm2(x))
         tokens = x + (tokens - read)  # a substituted token's own stream keeps its point features
@@ -105,11 +108,12 @@ def test_scores_do_not_compound_down_the_stream(scenes):
         tokens, positions, _ = model.tokenizer(scenes["points"], scenes["seeds"])
         output = model(scenes)
         assert all(torch.allclose(s, torch.full_like(s, 1e-3), atol=1e-4) for s in output.scores)
+        scale = torch.where(output.has_patch, 1e-3, 1.0)[..., None]  # tokens without a patch: unscaled
         for layer in model.layers:  # with scores near 0 the attention updates vanish; the stream does not
             x = tokens + positions
-            tokens = x + layer.mlp(layer.norm2(x)) + 1e-3 * layer.attn(layer.norm1(x))[0]
-        torch.testing.assert_close(output.logits, model.class_head(model.norm(tokens)).transpose(1, 2),
-                                   atol=1e-3, rtol=1e-3)
+            x = x + scale * layer.attn(layer.norm1(x))[0]
+            tokens = x + layer.mlp(layer.norm2(x))
+        torch.testing.assert_close(output.logits, model.class_head(model.norm(tokens)).transpose(1, 2))
 
 
 def test_the_controls_read_the_image_without_scores(scenes):
@@ -138,6 +142,10 @@ def test_random_substitution_takes_its_share_and_is_reproducible_in_evaluation(s
     share = substitution_share(model, scenes)
     assert abs(share[0] - 0.3) < 0.15 and abs(share[1] - 0.7) < 0.15, share
     assert substitution_share(model, scenes) == share  # evaluation draws from a fixed generator
+    with seeded(0):
+        same = PointImageTokenFusion("random", random_share=(0.5, 0.5), **SMALL).eval()
+    first, second = same(scenes).substituted
+    assert not torch.equal(first, second)  # each layer draws afresh, in evaluation as in training
     model.train()
     first, second = model(scenes).substituted, model(scenes).substituted  # training draws afresh
     assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
@@ -153,12 +161,17 @@ def test_substitution_share_counts_the_tokens_with_a_patch_that_read_the_image(s
 def test_bad_fusions_are_refused_with_what_was_expected():
     with pytest.raises(ValueError, match="fusion must be one of"):
         PointImageTokenFusion("late", **SMALL)
-    with pytest.raises(ValueError, match=r"one share per layer \(2\).*random_share=None"):
+    with pytest.raises(ValueError, match=r"one share in \[0, 1\] per layer \(2\).*random_share=None"):
         PointImageTokenFusion("random", **SMALL)
-    with pytest.raises(ValueError, match=r"one share per layer \(2\)"):
+    with pytest.raises(ValueError, match=r"per layer \(2\)"):
         PointImageTokenFusion("random", random_share=(0.5,), **SMALL)
     with pytest.raises(ValueError, match="only it takes shares"):
         PointImageTokenFusion(random_share=(0.5, 0.5), **SMALL)
+    for shares in ([], (0.5, 1.5)):
+        with pytest.raises(ValueError, match=r"one share in \[0, 1\] per layer"):
+            PointImageTokenFusion("random", random_share=shares, **SMALL)
+    with seeded(0), pytest.raises(ValueError, match="point-only model reads no image"):
+        substitution_share(PointImageTokenFusion("none", **SMALL), {})
 
 
 def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
