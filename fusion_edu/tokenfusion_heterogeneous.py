@@ -261,9 +261,9 @@ class PointImageTokenFusion(nn.Module):
             image = self.image.embed(inputs["image"])  # b 1+N d_i
             patch_index, valid = project_to_patches(xyz, inputs["K"], inputs["Rt"], self.image_size,
                                                     self.patch_size)
-        self._evaluation_draws = None  # the random control's generator in evaluation, one per forward
+        draws = None  # the random control's generator: torch's in training, one per forward in evaluation
         if self.fusion == RANDOM and not self.training:
-            self._evaluation_draws = torch.Generator(xyz.device).manual_seed(RANDOM_EVAL_SEED)
+            draws = torch.Generator(xyz.device).manual_seed(RANDOM_EVAL_SEED)
         for index, layer in enumerate(self.layers):
             # RPA (Sec. 3.3): the positions re-added before every layer, only the first copy trained
             rpa = positions if index == 0 else (positions.detach() if self.rpa else 0.0)
@@ -271,7 +271,8 @@ class PointImageTokenFusion(nn.Module):
             if self.fusion != POINT_ONLY:
                 image, _ = self.image.blocks[index](image)
                 patches = image[:, NUM_PREFIX_TOKENS:].detach()  # the official code detaches them
-                read, mask, score = self._what_the_layer_reads(index, tokens, patches, patch_index, valid)
+                read, mask, score = self._what_the_layer_reads(index, tokens, patches, patch_index, valid,
+                                                               draws)
                 if score is not None:  # Eq. 4 scales the kept tokens' updates (of the tokens with a patch)
                     scores.append(score)
                     scale = torch.where(mask | ~valid, torch.ones_like(score), score)
@@ -286,7 +287,8 @@ class PointImageTokenFusion(nn.Module):
                              attention if return_attention else None, scores, substituted)
 
     def _what_the_layer_reads(self, index: int, tokens: Tensor, patches: Tensor, patch_index: Tensor,
-                              valid: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+                              valid: Tensor, draws: torch.Generator | None = None
+                              ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Layer ``index``'s input under this model's fusion: the tokens read ``(b m d_p)``, which point
         tokens read the image ``(b m)``, and TokenFusion's scores s^l(e) ``(b m)`` (None for the others)."""
         projection = self.projections[index]
@@ -299,16 +301,15 @@ class PointImageTokenFusion(nn.Module):
                                                  self.threshold)
             return read, mask, scores
         everyone = self.fusion == SUBSTITUTE_ALL
-        chosen = torch.ones_like(valid) if everyone else self._random_choice(index, valid)
+        chosen = torch.ones_like(valid) if everyone else self._random_choice(index, valid, draws)
         read, mask = _read_image_where(chosen, tokens, patches, patch_index, valid, projection)
         return read, mask, None
 
-    def _random_choice(self, index: int, valid: Tensor) -> Tensor:
-        """Each point token chosen with probability ``random_share[index]``, each layer drawing afresh: in
-        training from torch's generator (seeded by ``fit``), in evaluation from one seeded anew in every
+    def _random_choice(self, index: int, valid: Tensor, draws: torch.Generator | None) -> Tensor:
+        """Each point token chosen with probability ``random_share[index]``, each layer drawing afresh from
+        ``draws``: torch's generator in training (seeded by ``fit``), in evaluation one seeded anew in every
         forward, so a test score is reproducible."""
-        draws = torch.rand(valid.shape, generator=self._evaluation_draws, device=valid.device)
-        return draws < self.random_share[index]
+        return torch.rand(valid.shape, generator=draws, device=valid.device) < self.random_share[index]
 
     def _outputs(self, inputs: Mapping[str, Tensor], tokens: Tensor, xyz: Tensor, image: Tensor | None,
                  has_patch: Tensor | None, attention: list[Tensor] | None, scores: list[Tensor],
