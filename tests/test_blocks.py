@@ -91,6 +91,24 @@ def test_block_is_prenorm_residual():
     assert weights.shape == (2, 2, 3, 3)
 
 
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_a_context_is_read_as_keys_and_values_as_if_it_were_in_the_sequence(qkv_bias):
+    torch.manual_seed(0)
+    block = Block(dim=8, num_heads=2, mlp_ratio=2.0, qkv_bias=qkv_bias)
+    with torch.no_grad():  # every weight and bias non-zero, so a wrong split of U_qkv shows
+        for parameter in block.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.5)
+    context, x = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    mask = torch.rand(8, 8) > 0.3
+    mask[:, -1] = True  # every query keeps a key
+    whole, whole_weights = block(torch.cat([context, x], dim=1), attn_mask=mask, return_attention=True)
+    own, own_weights = block(x, attn_mask=mask[3:], return_attention=True, context=context)
+    torch.testing.assert_close(own, whole[:, 3:])  # the outputs scenic keeps
+    torch.testing.assert_close(own_weights, whole_weights[:, :, 3:])  # b h n (n_c + n)
+    fused, _ = block(x, attn_mask=mask[3:], context=context)  # the fused kernel agrees
+    torch.testing.assert_close(fused, own)
+
+
 def test_sincos_embedding_values():
     embedding = sincos_2d_position_embedding(2, 3, 8)
     assert embedding.shape == (6, 8)
