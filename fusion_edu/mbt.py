@@ -1,8 +1,8 @@
 """MBT: Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 2021.
 
-Video frames and an audio spectrogram, each tokenized ViT-style with its own CLS token and
-positional embedding, run through modality-specific transformer layers.  Layers before the
-**fusion layer** L_f are unimodal; from L_f on the modalities exchange information in one of
+Video frames and an audio spectrogram, each tokenized ViT-style with its own positional embedding
+(and, for the token classifier, its own CLS token), run through modality-specific transformer layers.
+Layers before the **fusion layer** L_f are unimodal; from L_f on the modalities exchange information in one of
 four ways (Sec. 3.2–3.3; ``FUSIONS``):
 
 - ``"late"``: no cross-modal attention at all (the two streams meet only in the classifier);
@@ -204,9 +204,10 @@ def bottleneck_attention_maps(attention: Mapping[str, Tensor], bottleneck_index:
     fusion layer of one clip (the notebook's widget).
 
     ``attention[m]`` is modality m's attention ``(heads, 1 + n_m + B, 1 + n_m + B)`` over
-    [CLS; its n_m patch tokens; the B bottleneck tokens], ``token_grids[m]`` the shape its patch
-    tokens tile (frames ``(t, h, w)``, spectrogram ``(mel, time)``).  Per modality, averaged over
-    heads: ``reads`` (the bottleneck's attention on each patch token, on the grid), ``read_by``
+    [CLS; its n_m patch tokens; the B bottleneck tokens] (a model with the token classifier: under
+    "gap" there is no CLS token, and ``bottleneck_explorer`` refuses such a model), ``token_grids[m]``
+    the shape its patch tokens tile (frames ``(t, h, w)``, spectrogram ``(mel, time)``).  Per modality,
+    averaged over heads: ``reads`` (the bottleneck's attention on each patch token, on the grid), ``read_by``
     (each patch token's attention on the bottleneck, on the grid), and the bottleneck's shares on
     the CLS token and on the bottleneck tokens, ``reads_cls`` and ``reads_bottlenecks``."""
     maps = {}
@@ -229,8 +230,9 @@ def bottleneck_attention_maps(attention: Mapping[str, Tensor], bottleneck_index:
 
 @dataclass
 class MBTOutput(ModelOutput):
-    """``attention[l]``: per layer, ``{modality: (b, h, n, n)}`` for the sequence that modality's
-    layer attended over (``"joint"`` in vanilla fusion); ``bottleneck_tokens``: ``(b, B, d)`` at the end."""
+    """``attention[l]``: per layer, ``{modality: (b, h, n_q, n_k)}`` for the sequence that modality's
+    layer attended over (``"joint"`` in vanilla fusion; in cross fusion the queries are the modality's
+    own tokens, the keys all tokens); ``bottleneck_tokens``: ``(b, B, d)`` at the end."""
 
     bottleneck_tokens: Tensor | None = None
 
