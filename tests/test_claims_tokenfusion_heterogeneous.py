@@ -12,8 +12,8 @@ test scenes (right class, centre within 0.2).
   that have cloud points (1-8, 9-32, 33+).
 - With the camera, the sparsest objects (1-8 cloud points) are detected more often than the point cloud
   alone detects objects with 9-32 points: the paper's Fig. 5 observation (sparse objects found with the
-  image's help).  Relative to the cloud alone, TokenFusion gains more on the sparsest objects than on
-  the densest (33+).
+  image's help).  Relative to the cloud alone, the gain on the sparsest objects against the densest
+  (33+) is printed, not asserted: 2.2-2.6x against 2.2-2.3x, equal on one seed of a clean clone's run.
 - Every control that reads the image beats the point cloud alone by the same kind of margin: the gain
   comes from the camera's alignment, whichever rule reads the image.
 - **TokenFusion's scores add nothing detectable here.**  TokenFusion keeps some tokens it could
@@ -47,7 +47,6 @@ pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims`
 SEEDS = (0, 1, 2)
 MARGIN = 0.05  # detection share by which a model must lead (about 3,000 test objects)
 WITH_POINTS = ("1-8", "9-32", "33+")
-RATIO_MARGIN = 0.1  # TokenFusion / point-only detection share, 1-8 against 33+ (measured gaps: 0.23 to 0.34)
 CONTROLS = ("additive", "substitute all", "random")
 SELECTIVE = 0.98  # TokenFusion substitutes fewer than this share of the tokens with a patch, in some layer
 SHARE_TOLERANCE = 0.05  # the random control's share (measured on training scenes) vs TokenFusion's on test
@@ -83,13 +82,12 @@ def test_04_tokenfusion_detects_more_objects_overall_and_in_every_bucket_with_po
             assert fused > alone + MARGIN, (seed, bucket, table)
 
 
-def test_04_sparse_objects_gain_most_relative_to_the_cloud_alone(detection_tables):
+def test_04_with_the_image_sparse_objects_are_found_more_often_than_denser_ones_without(detection_tables):
     for seed, table in detection_tables.items():
         fused, alone = table["TokenFusion"], table["point-only"]
         ratio = {b: round(fused[b][0] / alone[b][0], 2) for b in WITH_POINTS}
         print(f"seed {seed}: TokenFusion / point-only by bucket", ratio)  # pytest -s
         assert fused["1-8"][0] > alone["9-32"][0] + MARGIN, (seed, table)
-        assert ratio["1-8"] > ratio["33+"] + RATIO_MARGIN, (seed, ratio)
 
 
 def test_04_every_control_that_reads_the_image_beats_the_cloud_alone(detection_tables):
