@@ -122,6 +122,61 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
+# The widget's output area may be redrawn while the test reads it (the kernel answers while the page
+# renders), so nothing below holds an element across two browser calls: each read finds its element anew,
+# and a read that meets a replaced element is retried.
+OUTPUT_SELECTOR = ".widget-interact .widget-output"
+IMAGE_SELECTOR = f"{OUTPUT_SELECTOR} img"
+READOUT_SELECTOR = ".widget-interact .widget-readout"
+SETTLE_SECONDS = 1.0  # the figure's source must stay the same this long before it is read
+
+
+def _retrying(driver, read):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    return WebDriverWait(driver, CHANGE_SECONDS, ignored_exceptions=ignored).until(read)
+
+
+def _figure_source(driver) -> str | None:
+    return driver.execute_script("const image = document.querySelector(arguments[0]);"
+                                 " return image ? image.src : null;", IMAGE_SELECTOR)
+
+
+def _settled_figure_source(driver) -> str:
+    """The figure's source once it has stopped changing for ``SETTLE_SECONDS``."""
+    deadline = time.monotonic() + CHANGE_SECONDS
+    source = _figure_source(driver)
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_SECONDS)
+        again = _figure_source(driver)
+        if again is not None and again == source:
+            return source
+        source = again
+    raise TimeoutError(f"the widget's figure kept changing for {CHANGE_SECONDS} s")
+
+
+def _output_screenshot(driver) -> bytes:
+    from selenium.webdriver.common.by import By
+
+    return _retrying(driver, lambda d: d.find_element(By.CSS_SELECTOR, OUTPUT_SELECTOR).screenshot_as_png)
+
+
+def _texts(driver, selector: str) -> list[str]:
+    return driver.execute_script("return Array.from(document.querySelectorAll(arguments[0]),"
+                                 " element => element.textContent.trim());", selector)
+
+
+def _press_right_on_sample_slider(driver, key: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    handle = driver.find_element(By.CSS_SELECTOR, ".widget-interact .noUi-handle")  # the sample slider
+    handle.click()
+    handle.send_keys(key)
+    return True
+
+
 def test_moving_a_slider_redraws_the_widget_figure(tmp_path, jupyter_lab, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -135,26 +190,19 @@ def test_moving_a_slider_redraws_the_widget_figure(tmp_path, jupyter_lab, chromi
         " && app.shell.currentWidget.sessionContext && app.shell.currentWidget.sessionContext.isReady;"))
     chromium.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
 
-    image_selector = ".widget-interact .widget-output img"
-    WebDriverWait(chromium, WIDGET_SECONDS).until(lambda d: d.find_elements(By.CSS_SELECTOR, image_selector))
-    output = chromium.find_element(By.CSS_SELECTOR, ".widget-interact .widget-output")
-    readout = chromium.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-readout")[0]
-    before_source = chromium.find_element(By.CSS_SELECTOR, image_selector).get_attribute("src")
-    before, before_value = output.screenshot_as_png, readout.text
-    assert [label.text for label in chromium.find_elements(By.CSS_SELECTOR, ".widget-interact .widget-label")
-            ][:3] == ["sample", "layer", "theta"]
+    WebDriverWait(chromium, WIDGET_SECONDS).until(lambda d: _figure_source(d) is not None)
+    before_source = _settled_figure_source(chromium)
+    before, before_values = _output_screenshot(chromium), _texts(chromium, READOUT_SELECTOR)
+    assert _texts(chromium, ".widget-interact .widget-label")[:3] == ["sample", "layer", "theta"]
 
-    handle = chromium.find_elements(By.CSS_SELECTOR, ".widget-interact .noUi-handle")[0]  # the sample slider
-    handle.click()
-    handle.send_keys(Keys.ARROW_RIGHT)
-    WebDriverWait(chromium, CHANGE_SECONDS).until(lambda d: (
-        d.find_elements(By.CSS_SELECTOR, image_selector)
-        and d.find_element(By.CSS_SELECTOR, image_selector).get_attribute("src") != before_source))
-    after = chromium.find_element(By.CSS_SELECTOR, ".widget-interact .widget-output").screenshot_as_png
+    _retrying(chromium, lambda d: _press_right_on_sample_slider(d, Keys.ARROW_RIGHT))
+    WebDriverWait(chromium, CHANGE_SECONDS).until(lambda d: _figure_source(d) not in (None, before_source))
+    _settled_figure_source(chromium)
+    after, after_values = _output_screenshot(chromium), _texts(chromium, READOUT_SELECTOR)
     (tmp_path / "before.png").write_bytes(before)
     (tmp_path / "after.png").write_bytes(after)
 
-    assert (before_value, readout.text) == ("0", "1")
+    assert (before_values[0], after_values[0]) == ("0", "1")  # the sample slider's readout
     first, second = _pixels(before), _pixels(after)
     assert first.shape == second.shape and first.size > 0
     changed = np.abs(first - second).sum(axis=-1) > 0
