@@ -65,6 +65,7 @@ __all__ = [
     "MultiScaleBlock",
     "PairwiseFusion",
     "SingleBranchViT",
+    "branch_view",
     "fusion_flops",
     "load_timm_crossvit",
     "projection",
@@ -330,7 +331,7 @@ class CrossViT(nn.Module):
         tokens = []
         for size, patch_embed, cls_token, pos in zip(self.branch_sizes, self.patch_embeds, self.cls_tokens,
                                                      self.pos_embeds, strict=True):
-            patches = patch_embed(_rescale(images, self.img_size, size))
+            patches = patch_embed(branch_view(images, self.img_size, size))
             tokens.append(torch.cat([cls_token.expand(len(patches), -1, -1), patches], dim=1) + pos)
         return tokens
 
@@ -347,9 +348,10 @@ class CrossViT(nn.Module):
                               fusion_attention=attention if return_attention else None)
 
 
-def _rescale(images: Tensor, img_size: int, size: int) -> Tensor:
+def branch_view(images: Tensor, img_size: int, size: int) -> Tensor:
     """A branch's view of ``(b, c, img_size, img_size)`` images: bicubic resampling to ``size``
-    (as timm), or the images themselves."""
+    (as timm and the official code), or the images themselves.  (The multi-scale dataset's texture is
+    built so that halving this way sends it to zero: ``datasets.multiscale``.)"""
     if images.ndim != 4 or tuple(images.shape[-2:]) != (img_size, img_size):
         raise ValueError(f"expected images of shape (batch, channels, {img_size}, {img_size}), "
                          f"got {tuple(images.shape)}")
@@ -378,7 +380,7 @@ class SingleBranchViT(VisionTransformer):
 
     def patch_tokens(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
         images = select_modality(inputs, self.modality)
-        return self.patch_embed(_rescale(images, self.full_size, self.patch_embed.img_size))
+        return self.patch_embed(branch_view(images, self.full_size, self.patch_embed.img_size))
 
 
 def single_branch(branch: int, img_size: int = 32, patch_sizes: Sequence[int] = (4, 8),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from einops import rearrange
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -28,6 +30,7 @@ __all__ = [
     "label_colormap",
     "outline_patches",
     "plot_attention_map",
+    "plot_bottleneck_attention",
     "plot_cls_cross_attention",
     "plot_history",
     "plot_metric_vs_cost",
@@ -75,10 +78,11 @@ def colour_scale(fig: Figure, shown: AxesImage, axes: plt.Axes | Sequence[plt.Ax
 
 
 def _rgb(image: Tensor) -> np.ndarray:
-    """``(3, H, W)`` or ``(1, H, W)`` tensor (floats, or uint8 in 0..255) -> array imshow understands."""
+    """``(3, H, W)`` or ``(1, H, W)`` tensor (floats, or uint8 in 0..255) -> array imshow understands;
+    colour is clipped to [0, 1] for display (the multi-scale images' noise is not clipped in the data)."""
     scale = 255 if image.dtype == torch.uint8 else 1
     array = image.detach().cpu().float().numpy() / scale
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0).clip(0, 1)
 
 
 def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str = "white",
@@ -87,6 +91,27 @@ def draw_patch_grid(ax: plt.Axes, image_size: int, patch_size: int, colour: str 
     for edge in np.arange(patch_size, image_size, patch_size) - 0.5:
         ax.axhline(edge, color=colour, linewidth=linewidth, alpha=0.6)
         ax.axvline(edge, color=colour, linewidth=linewidth, alpha=0.6)
+
+
+OVERLAY_ALPHAS = (0.35, 0.75)  # the input, faded, under the attention heatmap
+
+
+LOOK_FOR_CHARACTERS_PER_PANEL = 30  # a widget's "what to look for" line wraps at the figure's width
+
+
+def _look_for(fig: Figure, text: str, columns: int) -> None:
+    """A widget figure's "what to look for" line above its panels, wrapped to the figure's width."""
+    fig.suptitle(textwrap.fill(text, LOOK_FOR_CHARACTERS_PER_PANEL * columns), fontsize=7)
+
+
+def _overlay(ax: plt.Axes, picture: np.ndarray, heatmap: np.ndarray, vmax: float | None = None,
+             origin: str = "upper", picture_cmap: str = "gray") -> AxesImage:
+    """``heatmap`` drawn over the faded ``picture`` it was computed on (the same pixels); returns the
+    heatmap's image, for its colour scale."""
+    if picture.shape[:2] != heatmap.shape:
+        raise ValueError(f"expected a heatmap of the picture's size {picture.shape[:2]}, got {heatmap.shape}")
+    ax.imshow(picture, cmap=picture_cmap, alpha=OVERLAY_ALPHAS[0], origin=origin)
+    return ax.imshow(heatmap, cmap="magma", alpha=OVERLAY_ALPHAS[1], vmin=0, vmax=vmax, origin=origin)
 
 
 def outline_patches(ax: plt.Axes, token_mask: Tensor, patch_size: int, colour: str = "red") -> None:
@@ -170,6 +195,12 @@ def plot_attention_map(image: Tensor, attention: Tensor, layer: int, head: int, 
     return fig
 
 
+CROSS_ATTENTION_LOOK_FOR = (
+    "What to look for: the S CLS knows the texture and needs the layout, which the L patches carry (the "
+    "lighter half, its border); the L CLS needs the texture, which every S patch carries. Weight on itself "
+    "is weight not spent on the other branch.")
+
+
 def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, title: str = "CLS"
                              ) -> Figure:
     """The CrossViT widget callback: where one branch's CLS token looks in the other branch.
@@ -177,7 +208,8 @@ def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, ti
     ``image`` is ``(c, H, W)``; ``weights`` ``(heads, 1 + n)`` are that CLS token's cross-attention
     (one sample, one fusion layer) over [itself; the other branch's n patches], each of which covers
     ``patch_size`` x ``patch_size`` pixels of the image.  Panels: the image with the other branch's
-    patch grid, the mean over heads, then each head; titles give the share kept on the CLS itself.
+    patch grid, then the mean over heads and each head drawn over the image, on one colour scale; titles
+    give the share kept on the CLS itself, and a line says what to look for.
     """
     grid = image.shape[-1] // patch_size
     if weights.ndim != 2 or weights.shape[1] != 1 + grid * grid:
@@ -186,42 +218,71 @@ def plot_cls_cross_attention(image: Tensor, weights: Tensor, patch_size: int, ti
     weights = weights.detach().cpu().float()
     rows = [("mean over heads", weights.mean(0))] + [(f"head {h}", w) for h, w in enumerate(weights)]
     fig, axes = _panels(1 + len(rows))
-    axes[0, 0].imshow(_rgb(image), cmap="viridis_r")
+    picture = _rgb(image)
+    axes[0, 0].imshow(picture, cmap="viridis_r")
     draw_patch_grid(axes[0, 0], image.shape[-1], patch_size)
     axes[0, 0].set_title(title, fontsize=8)
     highest = max(row[1:].max().item() for _, row in rows)  # one scale for every panel
     for ax, (name, row) in zip(axes[0, 1:], rows, strict=True):
-        heatmap = row[1:].reshape(grid, grid).numpy()
-        shown = ax.imshow(np.kron(heatmap, np.ones((patch_size, patch_size))), cmap="magma", vmin=0,
-                          vmax=highest)
+        heatmap = np.kron(row[1:].reshape(grid, grid).numpy(), np.ones((patch_size, patch_size)))
+        shown = _overlay(ax, picture, heatmap, vmax=highest)
         ax.set_title(f"{name}; on itself {row[0].item():.2f}", fontsize=8)
     colour_scale(fig, shown, list(axes[0, 1:]), "attention weight")
+    _look_for(fig, CROSS_ATTENTION_LOOK_FOR, columns=1 + len(rows))
     return fig
 
 
-def _grid_image(grid: Tensor) -> np.ndarray:
-    """A token grid as an image: ``(t, h, w)`` with its time slices side by side, ``(rows, cols)`` as is."""
-    if grid.ndim == 3:
-        grid = torch.cat(list(grid), dim=-1)  # h (t w)
-    return grid.cpu().numpy()
+BOTTLENECK_LOOK_FOR = (
+    "What to look for: the label is the direction of the blob we hear. Does the bottleneck read the moving "
+    "blobs and the band of the voice (the bright blob's low tone, the dim blob's high one)?")
 
 
-def plot_bottleneck_attention(maps: Mapping[str, Mapping[str, Tensor]], bottleneck_index: int) -> Figure:
-    """The MBT widget callback: one row per modality, where bottleneck token ``bottleneck_index``
-    attends over that modality's patch tokens and how much each patch token attends to it
-    (``maps`` from ``mbt.bottleneck_attention_maps``).  Frame tubelets are shown time slice by
-    time slice, left to right; spectrogram patches with low mel bands at the bottom."""
-    fig, axes = _panels(2 * len(maps), rows=len(maps))
+FRAMES_TITLE = "frames: a row per tubelet time slice"
+
+
+def _clip_picture(clip_input: Tensor, grid: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's input and a token ``grid`` over it, as two arrays of the input's pixels.
+
+    Frames ``(T, 1, H, W)`` with tubelets ``(t, h, w)``: one row per time slice, its T/t frames side by
+    side, each tubelet's weight on its frames and its patch.  A spectrogram ``(1, mel, time)`` with
+    patches ``(rows, cols)``: as is."""
+    grid = grid.detach().cpu().float()
+    if clip_input.ndim == 4:
+        frames = clip_input[:, 0]  # T H W
+        repeats = [frames.shape[0] // grid.shape[0], frames.shape[1] // grid.shape[1],
+                   frames.shape[2] // grid.shape[2]]
+        pixels = grid.repeat_interleave(repeats[0], 0).repeat_interleave(repeats[1], 1).repeat_interleave(
+            repeats[2], 2)  # T H W
+        tiled = "(t f) h w -> (t h) (f w)"  # a row per tubelet time slice, its frames side by side
+        return (rearrange(frames, tiled, t=grid.shape[0]).cpu().numpy(),
+                rearrange(pixels, tiled, t=grid.shape[0]).numpy())
+    image = clip_input[0]  # mel time
+    patch = (image.shape[0] // grid.shape[0], image.shape[1] // grid.shape[1])
+    return image.cpu().numpy(), np.kron(grid.numpy(), np.ones(patch))
+
+
+def plot_bottleneck_attention(maps: Mapping[str, Mapping[str, Tensor]], bottleneck_index: int,
+                              clip: Mapping[str, Tensor]) -> Figure:
+    """The MBT widget callback: one row per modality, its input (``clip[m]``: the frames ``(T, 1, H, W)``,
+    a row of frames per tubelet time slice, or the spectrogram ``(1, mel, time)``, low mel bands at the
+    bottom), then where bottleneck token ``bottleneck_index`` attends over that modality's tokens and how
+    much each token attends to it, drawn over the input (``maps`` from ``mbt.bottleneck_attention_maps``; a
+    frame tubelet's weight covers its frames), each with its colour scale, and a line on what to look for."""
+    fig, axes = _panels(3 * len(maps), rows=len(maps))
     for row, (modality, pieces) in enumerate(maps.items()):
         origin = "lower" if pieces["reads"].ndim == 2 else "upper"
         bottleneck = f"bottleneck {bottleneck_index}"
-        for ax, key, what in ((axes[row, 0], "reads", f"{bottleneck} reads {modality}"),
-                              (axes[row, 1], "read_by", f"{modality} tokens read {bottleneck}")):
-            shown = ax.imshow(_grid_image(pieces[key]), cmap="magma", vmin=0, origin=origin)
+        picture, _ = _clip_picture(clip[modality], pieces["reads"])
+        axes[row, 0].imshow(picture, cmap="gray", origin=origin)
+        axes[row, 0].set_title(FRAMES_TITLE if clip[modality].ndim == 4 else modality, fontsize=8)
+        for ax, key, what in ((axes[row, 1], "reads", f"{bottleneck} reads {modality}"),
+                              (axes[row, 2], "read_by", f"{modality} tokens read {bottleneck}")):
+            shown = _overlay(ax, *_clip_picture(clip[modality], pieces[key]), origin=origin)
             ax.set_title(what, fontsize=8)
             colour_scale(fig, shown, ax, "attention weight")
-        axes[row, 0].set_xlabel(f"on its CLS {pieces['reads_cls'].item():.2f}, on the bottlenecks "
+        axes[row, 1].set_xlabel(f"on its CLS {pieces['reads_cls'].item():.2f}, on the bottlenecks "
                                 f"{pieces['reads_bottlenecks'].item():.2f}", fontsize=7)
+    _look_for(fig, BOTTLENECK_LOOK_FOR, columns=3)
     return fig
 
 
@@ -353,9 +414,8 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
     axes[0].set_title(f'"{expression}" (mask outlined)', fontsize=8)
     size = image.shape[1:]
     for ax, word, weights in zip(axes[1:count - 1], words, word_attention, strict=True):
-        ax.imshow(_rgb(image), alpha=0.35)
         upsampled = torch.nn.functional.interpolate(weights[None, None].float(), size=size, mode="nearest")
-        shown = ax.imshow(upsampled[0, 0].cpu().numpy(), cmap="magma", alpha=0.75, vmin=0, vmax=1)
+        shown = _overlay(ax, _rgb(image), upsampled[0, 0].cpu().numpy(), vmax=1)
         ax.set_title(f"{word!r}, stage {stage}", fontsize=8)
     if words:
         colour_scale(fig, shown, list(axes), "pixel's attention on the word")  # beside the whole grid

@@ -158,7 +158,8 @@ def sample_bottleneck_attention(model: nn.Module, data: Mapping[str, Tensor], in
 
 def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets.Widget:
     """Clip, fusion layer and bottleneck index -> where that bottleneck token attends in the
-    frames and in the spectrogram, and what attends to it (``plot_bottleneck_attention``)."""
+    frames and in the spectrogram, and what attends to it, drawn over the clip
+    (``plot_bottleneck_attention``)."""
     if model.fusion != "bottleneck" or not model.test_with_bottlenecks or model.classifier != "token":
         raise ValueError(f"the explorer shows bottleneck fusion evaluated with its bottlenecks and CLS "
                          f"tokens, got fusion={model.fusion!r}, test_with_bottlenecks="
@@ -168,7 +169,7 @@ def bottleneck_explorer(model: nn.Module, data: Mapping[str, Tensor]) -> widgets
 
     def show(clip: int, layer: int, bottleneck: int) -> None:
         maps = bottleneck_attention_maps(attention_of(clip)[layer], bottleneck, model.token_grids)
-        figure = plot_bottleneck_attention(maps, bottleneck)
+        figure = plot_bottleneck_attention(maps, bottleneck, {m: data[m][clip] for m in model.token_grids})
         display(figure)
         plt.close(figure)
 

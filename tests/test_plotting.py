@@ -129,17 +129,24 @@ def test_token_score_explorer_reads_the_models_scores():
     plt.close("all")
 
 
-def test_plot_cls_cross_attention_draws_each_head_over_the_other_grid():
+def test_plot_cls_cross_attention_draws_each_head_over_the_image():
     weights = torch.softmax(torch.randn(3, 1 + 16), dim=-1)  # 3 heads, CLS + a 4x4 grid
-    figure = plot_cls_cross_attention(torch.rand(3, 32, 32), weights, 8, "S CLS")
+    image = torch.rand(3, 32, 32)
+    figure = plot_cls_cross_attention(image, weights, 8, "S CLS")
     panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 1 + 1 + 3  # image, mean, three heads
     assert len(figure.axes) == len(panels) + 1  # one colour scale, shared by the heatmaps
-    assert {ax.images[0].get_clim() for ax in panels[1:]} == {(0, weights[:, 1:].max().item())}
-    np.testing.assert_allclose(panels[1].images[0].get_array()[::8, ::8],
+    # each heatmap panel: the image (faded) under the heatmap
+    for ax in panels[1:]:
+        picture, heatmap = ax.images
+        np.testing.assert_allclose(picture.get_array(), image.permute(1, 2, 0).numpy(), rtol=1e-6)
+        assert picture.get_alpha() < heatmap.get_alpha()
+    assert {ax.images[1].get_clim() for ax in panels[1:]} == {(0, weights[:, 1:].max().item())}
+    np.testing.assert_allclose(panels[1].images[1].get_array()[::8, ::8],
                                weights.mean(0)[1:].reshape(4, 4).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(panels[4].images[0].get_array()[8, 16], weights[2, 1 + 4 + 2].item())
+    np.testing.assert_allclose(panels[4].images[1].get_array()[8, 16], weights[2, 1 + 4 + 2].item())
     assert f"{weights[0, 0].item():.2f}" in panels[2].get_title()  # the share kept on itself
+    assert figure.get_suptitle().startswith("What to look for")
     with pytest.raises(ValueError, match=r"\(heads, 17\) .* got \(3, 65\)"):
         plot_cls_cross_attention(torch.rand(3, 32, 32), torch.rand(3, 65), 8)
     plt.close("all")
@@ -175,17 +182,28 @@ def test_draw_patch_grid_draws_the_inner_edges():
     plt.close(fig)
 
 
-def test_plot_bottleneck_attention_lays_time_slices_side_by_side():
-    frames_reads = torch.arange(8.0).reshape(2, 2, 2)  # t h w
+def test_plot_bottleneck_attention_draws_each_map_over_its_input():
+    frames_reads = torch.arange(8.0).reshape(2, 2, 2)  # t h w: 2 time slices of 2x2 tubelets
     maps = {"frames": {"reads": frames_reads, "read_by": frames_reads + 1, "reads_cls": torch.tensor(0.25),
                        "reads_bottlenecks": torch.tensor(0.5)},
             "spectrogram": {"reads": torch.rand(2, 3), "read_by": torch.rand(2, 3),
                             "reads_cls": torch.tensor(0.0), "reads_bottlenecks": torch.tensor(0.1)}}
-    figure = plot_bottleneck_attention(maps, 2)
+    clip = {"frames": torch.rand(4, 1, 4, 4), "spectrogram": torch.rand(1, 4, 6)}  # 2-frame 2x2 tubelets
+    figure = plot_bottleneck_attention(maps, 2, clip)
     panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
-    assert len(panels) == 4 and len(figure.axes) == 8  # each heatmap with its colour scale
-    np.testing.assert_array_equal(panels[0].images[0].get_array(), [[0, 1, 4, 5], [2, 3, 6, 7]])
-    np.testing.assert_array_equal(panels[1].images[0].get_array()[:, 2:], [[5, 6], [7, 8]])
-    np.testing.assert_allclose(panels[2].images[0].get_array(), maps["spectrogram"]["reads"].numpy())
-    assert "bottleneck 2" in panels[0].get_title() and "0.25" in panels[0].get_xlabel()
+    assert len(panels) == 6 and len(figure.axes) == 10  # per modality: input, two maps, a scale each
+    frames = clip["frames"][:, 0]
+    tiled = torch.cat([torch.cat([frames[0], frames[1]], 1), torch.cat([frames[2], frames[3]], 1)], 0)
+    np.testing.assert_allclose(panels[0].images[0].get_array(), tiled.numpy())  # a row per time slice
+    picture, heatmap = panels[1].images
+    np.testing.assert_allclose(picture.get_array(), tiled.numpy())
+    # tubelet (slice 1, row 0, col 1) = 5 covers frames 2 and 3, pixels rows 0-1, cols 2-3 of each
+    np.testing.assert_array_equal(heatmap.get_array()[4:6, 2:4], [[5, 5], [5, 5]])
+    np.testing.assert_array_equal(heatmap.get_array()[4:6, 6:8], [[5, 5], [5, 5]])
+    np.testing.assert_array_equal(panels[2].images[1].get_array()[0, ::2], [1, 2, 1, 2])  # both frames
+    spectrogram_map = panels[4].images[1]
+    assert spectrogram_map.origin == "lower" and spectrogram_map.get_array().shape == (4, 6)
+    np.testing.assert_allclose(spectrogram_map.get_array()[::2, ::2], maps["spectrogram"]["reads"].numpy())
+    assert "bottleneck 2" in panels[1].get_title() and "0.25" in panels[1].get_xlabel()
+    assert figure.get_suptitle().startswith("What to look for")
     plt.close("all")

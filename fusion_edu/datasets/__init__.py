@@ -20,7 +20,9 @@ from .multiscale import (
     TEXTURES,
     MultiScaleConfig,
     generate_multiscale_images,
+    halving_matrix,
     load_multiscale_images,
+    texture_profile,
     validate_multiscale,
 )
 from .pointcloud import (
@@ -81,6 +83,7 @@ __all__ = [
     "generate_pointcloud_scenes",
     "generate_referring_scenes",
     "generate_rgbd_scenes",
+    "halving_matrix",
     "load_audiovisual_clips",
     "load_multiscale_images",
     "load_pointcloud_scenes",
@@ -90,6 +93,7 @@ __all__ = [
     "mel_filterbank",
     "object_visibility",
     "surface_normals",
+    "texture_profile",
     "validate_audiovisual",
     "validate_multiscale",
     "validate_pointcloud",
