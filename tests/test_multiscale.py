@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_edu.crossvit import branch_view
+from fusion_edu.crossvit import branch_view, single_branch
 from fusion_edu.datasets import (
     LAYOUTS,
     TEXTURES,
@@ -79,6 +79,10 @@ def test_the_l_branch_sees_the_same_with_and_without_the_texture():
     half = CROSSVIT["img_size"] * CROSSVIT["img_scales"][1]
     views = [branch_view(x, CROSSVIT["img_size"], int(half)) for x in (textured, flat)]
     assert (views[0] - views[1]).abs().amax() < 1e-5
+    with seeded(0), torch.no_grad():  # end to end: the L-branch's patch tokens
+        l_branch = single_branch(1, **CROSSVIT)
+        tokens = [l_branch.patch_tokens(x) for x in (textured, flat)]
+    assert (tokens[0] - tokens[1]).abs().amax() < 1e-5 < tokens[0].abs().amax()
 
 
 def _probe_texture_accuracy(train: dict, test: dict, view) -> float:
