@@ -151,6 +151,19 @@ def test_stale_cache_is_regenerated(tmp_cache):
         load_rgbd_scenes("val", num_scenes=4)
 
 
+def test_another_config_gets_its_own_cache_entry(tmp_cache):
+    default = load_rgbd_scenes("val", num_scenes=4)
+    variant = load_rgbd_scenes("val", num_scenes=4, config=RGBDConfig(visibility_probs=(1.0, 0.0, 0.0)))
+    names = sorted(p.name for p in tmp_cache.iterdir() if p.suffix == ".pt")
+    assert len(names) == 2 and "rgbd-val-seed0-n4.pt" in names, names
+    assert any(name.startswith("rgbd-val-seed0-n4-config") for name in names), names
+    assert not torch.equal(default["visibility"], variant["visibility"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default entry was not overwritten: read back without a warning
+        again = load_rgbd_scenes("val", num_scenes=4)
+    assert torch.equal(again["rgb"], default["rgb"])
+
+
 def test_no_temporary_files_left_behind(tmp_cache):
     load_rgbd_scenes("val", num_scenes=3)
     assert not [p for p in tmp_cache.iterdir() if p.name.endswith(".tmp")]
