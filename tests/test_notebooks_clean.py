@@ -34,8 +34,9 @@ def test_notebook_has_the_shared_header_and_closing(path):
     header = markdown[0]
     assert header.startswith(f"# {path.name[:2]} · ") and "colab-badge.svg" in header
     assert "**What you will build.**" in header and "**Time.**" in header
+    assert "**Prerequisites.**" in header and "**You will learn**" in header
     assert "pip" in "".join(_code_cells(notebook)[0]["source"])  # the Colab install cell comes first
-    closing = "\n".join(markdown[-3:])
+    closing = "\n".join(markdown[-5:])  # what we learned, the exercises, their solutions, the check's note
     assert "## What we learned" in closing and "**Exercises.**" in closing
     assert "**References.**" in markdown[-1]
     last_code = "".join(_code_cells(notebook)[-1]["source"])
