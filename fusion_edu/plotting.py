@@ -19,6 +19,7 @@ from matplotlib.ticker import AutoLocator
 from torch import Tensor
 
 from .datasets.rgbd import validate_rgbd
+from .sweeps import seed_spread
 
 if TYPE_CHECKING:
     from .course import Result
@@ -36,6 +37,7 @@ __all__ = [
     "plot_metric_vs_cost",
     "plot_point_substitution",
     "plot_referring",
+    "plot_seed_spread",
     "plot_segmentations",
     "plot_token_scores",
     "show_rgbd_scene",
@@ -45,6 +47,8 @@ HISTORY_METRICS = {"miou": "mIoU", "accuracy": "accuracy"}  # fit's val_* record
 COSTS = {"mflops": "MFLOPs per sample", "train_seconds": "training time (s)",
          "params": "parameters"}  # Result field -> axis label
 TASKS_PER_ROW = 3
+SWEEP_METRICS = {"miou": "test mIoU", "accuracy": "test accuracy", "fused": "test accuracy",
+                 "detected": "share of objects detected"}  # a recorded sweep's metric -> axis label
 WHERE_MARKERS = {"none": "o", "input": "^", "inside": "D", "output": "s"}  # Result.where -> marker
 PANEL_INCHES = 2.2  # width and height of one image panel
 PANELS_PER_ROW = 6  # a figure with more panels wraps onto further rows
@@ -432,16 +436,16 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
 
 
 def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figure:
-    """Each task's headline metric against a ``cost`` of ``COSTS`` (one panel per task, one labelled
-    point per model, its marker saying where the modalities meet (``WHERE_MARKERS``), the single-modality
-    baselines hollow): what each method buys, at what price."""
+    """Each task's headline metric against a ``cost`` of ``COSTS`` (one panel per task, one point per model
+    named in the panel's legend, its marker saying where the modalities meet (``WHERE_MARKERS``), the
+    single-modality baselines hollow; both axes from zero): what each method buys, at what price."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {list(COSTS)}, got {cost!r}")
     if not results:
         raise ValueError("expected at least one Result to plot, got none")
     tasks = list(dict.fromkeys(result.task for result in results))
     rows, columns = math.ceil(len(tasks) / TASKS_PER_ROW), min(len(tasks), TASKS_PER_ROW)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), layout="constrained",
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 4.4 * rows), layout="constrained",
                              squeeze=False)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")
@@ -449,16 +453,46 @@ def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figu
         points = [result for result in results if result.task == task]
         for index, row in enumerate(points):
             colour = _PALETTE[1 + index % (len(_PALETTE) - 1)]
-            ax.scatter(getattr(row, cost), row.value, s=40, marker=WHERE_MARKERS[row.where],
+            ax.scatter(getattr(row, cost), row.value, s=40, marker=WHERE_MARKERS[row.where], label=row.model,
                        color="none" if row.where == "none" else colour, edgecolors=colour, linewidths=1.5)
-            ax.annotate(row.model, (getattr(row, cost), row.value), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set(xlabel=COSTS[cost], ylabel=points[0].metric, title=f"{task} ({points[0].notebook})")
+        # the models' names in a legend under the panel: labels beside the points would overlap
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        notebooks = sorted({row.notebook for row in points})
+        shown = notebooks[0] if len(notebooks) == 1 else f"{notebooks[0]}–{notebooks[-1]}"
+        ax.set(xlabel=COSTS[cost], ylabel=points[0].metric, title=f"{task} (notebook {shown})")
         ax.title.set_fontsize(8)
-        ax.margins(x=0.3, y=0.15)
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, 1.15 * max(getattr(row, cost) for row in points))
+        ax.set_ylim(0, 1.12 * max(row.value for row in points))
     handles = [plt.Line2D([], [], marker=marker, linestyle="", color="grey", label=f"meet: {where}",
                           markerfacecolor="none" if where == "none" else "grey")
                for where, marker in WHERE_MARKERS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7)
+    return fig
+
+
+def plot_seed_spread(sweeps: Sequence[Mapping]) -> Figure:
+    """One panel per recorded seed sweep (``fusion_edu.sweeps.load_sweep``): each model's metric as its mean
+    over the seeds (a bar), the lowest to the highest seed (a black line) and every seed (a dot), on an
+    axis from zero."""
+    if not sweeps:
+        raise ValueError("expected at least one recorded sweep to plot, got none")
+    rows, columns = math.ceil(len(sweeps) / TASKS_PER_ROW), min(len(sweeps), TASKS_PER_ROW)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.4 * rows), layout="constrained",
+                             squeeze=False)
+    for ax in axes.flat[len(sweeps):]:
+        ax.axis("off")
+    for ax, sweep in zip(axes.flat, sweeps, strict=False):
+        models = list(next(iter(sweep["seeds"].values())))
+        spreads = [seed_spread(sweep, model) for model in models]
+        positions = np.arange(len(models))
+        ax.bar(positions, [spread.mean for spread in spreads], color=_PALETTE[3], alpha=0.45, width=0.6)
+        ax.vlines(positions, [spread.low for spread in spreads], [spread.high for spread in spreads],
+                  color="black", linewidth=1.2)
+        for position, spread in zip(positions, spreads, strict=True):
+            ax.scatter([position] * len(spread.values), spread.values, s=9, color="black", zorder=3)
+        ax.set_xticks(positions, [textwrap.fill(model.replace("_", " "), 14) for model in models], fontsize=7,
+                      rotation=60, ha="right", rotation_mode="anchor")
+        ax.set_ylim(0, 1.08 * max(spread.high for spread in spreads))
+        ax.set_ylabel(SWEEP_METRICS.get(sweep["metric"], sweep["metric"]), fontsize=8)
+        ax.set_title(f"notebook {sweep['notebook']}: {len(sweep['seeds'])} seeds", fontsize=9)
     return fig

@@ -22,6 +22,7 @@ from fusion_edu.concat import LateFusion, TokenConcatFusion, cross_modal_attenti
 from fusion_edu.datasets import VISIBILITY, corrupted_patches, load_rgbd_scenes
 from fusion_edu.metrics import grouped_accuracy
 from fusion_edu.recipes import RGBD_CHANNELS, RGBD_VIT, TOKENFUSION, tokenfusion_training
+from fusion_edu.sweeps import record_sweep
 from fusion_edu.tokenfusion import (
     TokenFusion,
     pooled_on_corrupted,
@@ -45,6 +46,14 @@ REAL_SHARE = 0.1  # "a real share": at least this share of tokens substituted, p
 # a quarter of depth's tokens.  (Measured, seeds 0-2: 4.5x, 4.7x, 5.9x the random rate.)
 SELECTIVE = 0.25
 ENRICHMENT = 2.0
+RECIPE = (f"{TRAIN_SCENES:,} training / {TEST_SCENES} test scenes; single-modal models and token concat 8 "
+          "epochs, late fusion 1, TokenFusion fine-tuned 3 (smaller than notebooks 01-03)")
+
+
+def _record(seed: int, rows: dict[str, float]) -> None:
+    """This seed's test mIoU per model, for notebook 08 (fusion_edu.sweeps)."""
+    record_sweep("rgbd", seed, {model: {"miou": miou} for model, miou in rows.items()}, "01-03", "miou",
+                 RECIPE)
 
 
 @pytest.fixture(scope="module", params=SEEDS)
@@ -91,9 +100,12 @@ def _baselines(run: dict) -> dict:
             concat = TokenConcatFusion(RGBD_CHANNELS, **VIT)
         fit(concat, train, config=config, progress=False)
         run["concat"] = concat
-        run["baselines"] = {
-            "best single": max(evaluate(model, test)["miou"] for model in run["singles"].values()),
-            "late": evaluate(late, test)["miou"], "concat": evaluate(concat, test)["miou"]}
+        singles = {m: evaluate(model, test)["miou"] for m, model in run["singles"].items()}
+        run["baselines"] = {"best single": max(singles.values()), "late": evaluate(late, test)["miou"],
+                            "concat": evaluate(concat, test)["miou"]}
+        _record(seed, {"ViT, rgb only": singles["rgb"], "ViT, depth only": singles["depth"],
+                       "late fusion": run["baselines"]["late"],
+                       "token concatenation": run["baselines"]["concat"]})
     return run["baselines"]
 
 
@@ -120,6 +132,7 @@ def test_03_tokenfusion_exchanges_tokens_beats_the_fusions_and_finds_damaged_dep
     model.load_single_modal(seeded_run["singles"])
     fit(model, train, config=tokenfusion_training(seed), progress=False)
     miou = evaluate(model, test)["miou"]
+    _record(seed, {"TokenFusion": miou})
     _, masks = token_scores_and_masks(model, test)
     patches = {m: corrupted_patches(test[f"{m}_corrupt"], VIT["patch_size"]) for m in RGBD_CHANNELS}
     stats = substitution_statistics(masks, patches)

@@ -20,6 +20,7 @@ from fusion_edu.crossvit import FUSIONS, NO_FUSION
 from fusion_edu.datasets import TEXTURES, load_multiscale_images
 from fusion_edu.flops import count_flops
 from fusion_edu.recipes import crossvit_training, train_crossvit
+from fusion_edu.sweeps import record_sweep
 from fusion_edu.train import predict
 
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
@@ -50,6 +51,9 @@ def crossvit_run(request, claims_cache):
                              "flops": count_flops(model.cpu(), test["image"][:1])}
     print(f"seed {seed}:", {name: (round(r["accuracy"], 3), round(r["layout"], 3))  # pytest -s
                             for name, r in results.items()})
+    rows = {name: {"accuracy": r["accuracy"], "layout": r["layout"], "mflops": r["flops"] / 1e6}
+            for name, r in results.items()}
+    record_sweep("crossvit", seed, rows, "05", "accuracy", "notebook 05's recipe")
     return results
 
 

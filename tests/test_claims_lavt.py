@@ -46,6 +46,7 @@ from fusion_edu.lavt import (
 )
 from fusion_edu.metrics import PairedDifference, paired_difference, sample_iou
 from fusion_edu.recipes import GATE_LR_FACTOR, lavt_training, train_lavt
+from fusion_edu.sweeps import record_sweep
 from fusion_edu.train import total_learning_rate, use_threads
 
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
@@ -101,6 +102,9 @@ def lavt_runs() -> dict[int, dict[str, dict]]:
                 model, _ = train_lavt(cache_name, train, config, fusion, minilm, progress=False)
                 runs[seed][name] = _run(model, test, edited)
             print(f"seed {seed}:", {name: _summary(run) for name, run in runs[seed].items()})  # pytest -s
+            overall = {name: {key: run["scores"]["all"][key] for key in ("miou", "oiou")}
+                       for name, run in runs[seed].items()}
+            record_sweep("lavt", seed, overall, "07", "miou", "notebook 07's recipe")
     finally:
         torch.set_num_threads(threads)
     return runs

@@ -22,6 +22,7 @@ from fusion_edu.datasets import load_audiovisual_clips
 from fusion_edu.flops import count_flops
 from fusion_edu.mbt import modality_accuracies
 from fusion_edu.recipes import MBT_MODES, MBT_SWEEP, mbt_training, train_mbt
+from fusion_edu.sweeps import record_sweep
 
 pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims` runs them
 
@@ -52,6 +53,7 @@ def mbt_runs(claims_cache) -> dict[int, dict[str, dict[str, float]]]:
                 runs[seed][name] = {**modality_accuracies(model, test, torch.device("cpu")),
                                     "mflops": count_flops(model.cpu(), one_clip) / 1e6}
         print(f"seed {seed}:", {name: round(r["fused"], 3) for name, r in runs[seed].items()})  # pytest -s
+        record_sweep("mbt", seed, runs[seed], "06", "fused", "notebook 06's recipe")
     return runs
 
 

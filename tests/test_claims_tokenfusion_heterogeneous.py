@@ -34,6 +34,7 @@ import torch
 from fusion_edu.datasets import load_pointcloud_scenes
 from fusion_edu.metrics import paired_difference
 from fusion_edu.recipes import POINT_IMAGE, point_image_training, train_point_image_models
+from fusion_edu.sweeps import record_sweep
 from fusion_edu.tokenfusion_heterogeneous import (
     PointImageTokenFusion,
     detection_accuracy_by_sparsity,
@@ -72,6 +73,9 @@ def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float,
         scores = {name: {b: round(a, 3) for b, (a, _) in t.items()} for name, t in tables[seed].items()
                   if name != "share"}
         print(f"seed {seed}:", scores, tables[seed]["share"])  # pytest -s
+        detected = {name: {"detected": table["all"][0]} for name, table in tables[seed].items()
+                    if name != "share"}
+        record_sweep("point_image", seed, detected, "04", "detected", "notebook 04's recipe")
     return tables
 
 

@@ -76,14 +76,17 @@ def test_the_table_has_a_line_per_row_with_the_rounded_numbers():
 
 
 def test_metric_vs_cost_draws_a_panel_per_task_and_a_point_per_model():
-    rows = [row(task="a", model="x"), row(task="a", model="y", where="inside", value=0.75), row(task="b")]
+    rows = [row(task="a", model="x"), row(task="a", model="y", where="inside", value=0.75, notebook="03"),
+            row(task="b")]
     figure = plot_metric_vs_cost(rows, "train_seconds")
     visible = [ax for ax in figure.axes if ax.axison]
-    assert [ax.get_title() for ax in visible] == ["a (01)", "b (01)"]
+    assert [ax.get_title() for ax in visible] == ["a (notebook 01–03)", "b (notebook 01)"]
     points = visible[0].collections
     assert len(points) == 2
     assert points[1].get_offsets()[0].tolist() == [3.0, 0.75]
     assert points[0].get_facecolor().sum() == 0  # the fusion-free baseline is hollow
+    assert [text.get_text() for text in visible[0].get_legend().get_texts()] == ["x", "y"]  # in a legend
+    assert visible[0].get_ylim()[0] == 0 and visible[0].get_xlim()[0] == 0
     plt.close(figure)
     with pytest.raises(ValueError, match="cost must be one of"):
         plot_metric_vs_cost(rows, "joules")
