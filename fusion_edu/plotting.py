@@ -435,6 +435,16 @@ def plot_referring(image: Tensor, expression: str, mask: Tensor, words: Sequence
     return fig
 
 
+def _task_panels(count: int, panel_height: float) -> tuple[Figure, list[plt.Axes]]:
+    """A figure of ``count`` panels, ``TASKS_PER_ROW`` to a row, the unused ones hidden; the used panels."""
+    rows, columns = math.ceil(count / TASKS_PER_ROW), min(count, TASKS_PER_ROW)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, panel_height * rows),
+                             layout="constrained", squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:count])
+
+
 def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figure:
     """Each task's headline metric against a ``cost`` of ``COSTS`` (one panel per task, one point per model
     named in the panel's legend, its marker saying where the modalities meet (``WHERE_MARKERS``), the
@@ -444,12 +454,8 @@ def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figu
     if not results:
         raise ValueError("expected at least one Result to plot, got none")
     tasks = list(dict.fromkeys(result.task for result in results))
-    rows, columns = math.ceil(len(tasks) / TASKS_PER_ROW), min(len(tasks), TASKS_PER_ROW)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 4.4 * rows), layout="constrained",
-                             squeeze=False)
-    for ax in axes.flat[len(tasks):]:
-        ax.axis("off")
-    for ax, task in zip(axes.flat, tasks, strict=False):
+    fig, axes = _task_panels(len(tasks), panel_height=4.4)
+    for ax, task in zip(axes, tasks, strict=True):
         points = [result for result in results if result.task == task]
         for index, row in enumerate(points):
             colour = _PALETTE[1 + index % (len(_PALETTE) - 1)]
@@ -476,12 +482,8 @@ def plot_seed_spread(sweeps: Sequence[Mapping]) -> Figure:
     axis from zero."""
     if not sweeps:
         raise ValueError("expected at least one recorded sweep to plot, got none")
-    rows, columns = math.ceil(len(sweeps) / TASKS_PER_ROW), min(len(sweeps), TASKS_PER_ROW)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.4 * rows), layout="constrained",
-                             squeeze=False)
-    for ax in axes.flat[len(sweeps):]:
-        ax.axis("off")
-    for ax, sweep in zip(axes.flat, sweeps, strict=False):
+    fig, axes = _task_panels(len(sweeps), panel_height=3.4)
+    for ax, sweep in zip(axes, sweeps, strict=True):
         models = list(next(iter(sweep["seeds"].values())))
         spreads = [seed_spread(sweep, model) for model in models]
         positions = np.arange(len(models))
