@@ -67,6 +67,7 @@ __all__ = [
     "load_results",
     "results_dir",
     "results_table",
+    "rgbd_cache_name",
     "run_experiment",
     "save_results",
 ]
@@ -136,6 +137,13 @@ def _rgbd_singles(seed: int, longer: bool, progress: bool, train: Mapping, val: 
     return models, histories
 
 
+def rgbd_cache_name(name: str, seed: int) -> str:
+    """Notebooks 02-03's cache name for a model trained with ``seed``: the notebook's own name for seed 0,
+    so that ``run-all`` and the notebooks share their models, and the seed appended for any other, so that
+    ``run-all --seed 1`` trains beside the notebooks' models instead of over them."""
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
 def _rgbd_result(notebook: str, name: str, fuses: str, where: str, model: nn.Module, test: Mapping,
                  seconds: float, device: torch.device, seed: int) -> Result:
     return Result(notebook, name, fuses, where, RGBD_TASK, RGBD_METRIC, evaluate(model, test, device)["miou"],
@@ -159,13 +167,16 @@ def concat_experiment(device: torch.device, seed: int, progress: bool, longer: b
     for parameter in late.models.parameters():
         parameter.requires_grad_(False)
     late_config = replace(config, epochs=LATE_FUSION_EPOCHS, lr=LATE_FUSION_LR)
-    late_history = fit_or_load("02_late_fusion", late, train, val, late_config, device, progress)
+    late_history = fit_or_load(rgbd_cache_name("02_late_fusion", seed), late, train, val, late_config, device,
+                               progress)
     with seeded(seed):
         concat = TokenConcatFusion(RGBD_CHANNELS, **RGBD_BACKBONE)
-    concat_history = fit_or_load("02_token_concat", concat, train, val, config, device, progress)
+    concat_history = fit_or_load(rgbd_cache_name("02_token_concat", seed), concat, train, val, config, device,
+                                 progress)
     with seeded(seed):
         input_fusion = InputFusion(RGBD_CHANNELS, **RGBD_VIT)
-    input_history = fit_or_load("02_input_fusion", input_fusion, train, val, config, device, progress)
+    input_history = fit_or_load(rgbd_cache_name("02_input_fusion", seed), input_fusion, train, val, config,
+                                device, progress)
     runs = (("late fusion", "logits only (a learned weighted sum)", "output", late,
              _seconds(late_history, *single_histories.values())),
             ("token concatenation", "RGB and depth tokens in one sequence", "inside", concat,
@@ -180,9 +191,10 @@ def tokenfusion_experiment(device: torch.device, seed: int, progress: bool, long
     train, val, test = _rgbd_data()
     singles, single_histories = _rgbd_singles(seed, longer, progress, train, val)
     config, start = tokenfusion_training(seed, longer), _seconds(*single_histories.values())
-    tokenfusion, history = train_tokenfusion("03_tokenfusion", singles, train, val, config, progress=progress)
-    control, control_history = train_tokenfusion("03_no_exchange", singles, train, val, config,
-                                                 progress=progress, lambda_l1=0.0, substitution=False)
+    tokenfusion, history = train_tokenfusion(rgbd_cache_name("03_tokenfusion", seed), singles, train, val,
+                                             config, progress=progress)
+    control, control_history = train_tokenfusion(rgbd_cache_name("03_no_exchange", seed), singles, train, val,
+                                                 config, progress=progress, lambda_l1=0.0, substitution=False)
     return [_rgbd_result("03", "TokenFusion", "low-score tokens substituted by the other modality's",
                          "inside", tokenfusion, test, start + _seconds(history), device, seed),
             _rgbd_result("03", "TokenFusion without exchange", "logits only (ensemble; the control)",

@@ -150,3 +150,18 @@ def test_the_longer_recipe_saves_and_loads_apart_from_the_default(tmp_cache, tin
     assert load_results()["99"] == default and load_results(longer=True)["99"] == longer
     with pytest.raises(ValueError, match="one recipe"):
         save_results([*default, *longer])
+
+
+def test_rgbd_experiments_train_other_seeds_beside_the_notebooks_models(tmp_cache, small_scenes, monkeypatch):
+    """Notebooks 02-03 cache seed 0 under their own names; ``run-all --seed 1`` must not train over them."""
+    from fusion_edu import train as train_module
+
+    untrained = [{"epoch": 1, "train_loss": 0.0, "seconds": 0.0}]  # the cache is what is tested, not fit
+    monkeypatch.setattr(train_module, "fit", lambda *args, **kwargs: list(untrained))
+    monkeypatch.setattr(course, "_rgbd_data", lambda: (small_scenes,) * 3)
+    for seed in (0, 1):
+        for notebook in ("02", "03"):
+            run_experiment(notebook, torch.device("cpu"), seed, progress=False)
+    cached = {path.stem for path in (tmp_cache / "models").glob("0[23]_*.pt")}
+    names = ("02_late_fusion", "02_token_concat", "02_input_fusion", "03_tokenfusion", "03_no_exchange")
+    assert cached == {*names, *(f"{name}_seed1" for name in names)}, cached
