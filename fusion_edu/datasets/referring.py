@@ -6,9 +6,12 @@ picks it out, of one of three types (``EXPRESSION_TYPES``):
 
 - **attribute**: the fewest of size, colour and shape that single it out — "the red circle", "the large
   object", "the small green square";
-- **relation**: an object that its own attributes do *not* single out, placed by another that they do —
-  "the circle left of the blue square" (left of, right of, above, below: the centres differ by more
-  than ``relation_margin`` pixels on that axis);
+- **relation**: a noun phrase for the target (its shape alone, or its colour alone) that does *not*
+  single it out, placed by another object that its own phrase does — "the circle left of the blue
+  square" (left of, right of, above, below: the centres differ by more than ``relation_margin`` pixels on
+  that axis).  Another combination of the target's attributes often would single it out (88.5 % of the
+  test split's relation expressions, 90.4 % of train's): the relation is needed to resolve the phrase
+  the expression uses, not to name the object at all;
 - **superlative**: the extreme one among those sharing a noun phrase — "the leftmost circle", "the
   largest object", "the lowest red shape" (ahead of the runner-up by ``relation_margin`` pixels, or for
   size by one size class).
