@@ -2,7 +2,7 @@
 
 - ``blocks``, ``vit``: the ViT parts and a single-modal ViT (notebook 01)
 - ``concat``: late fusion, token concatenation, input fusion (notebook 02)
-- ``tokenfusion``: TokenFusion (notebook 03)
+- ``tokenfusion``: TokenFusion (notebooks 03a and 03b)
 - ``tokenfusion_heterogeneous``, ``camera``, ``points``: TokenFusion across formats, points + image (04)
 - ``crossvit``: CrossViT (notebook 05); ``mbt``: MBT (notebook 06); ``lavt``: LAVT (notebook 07)
 - ``datasets``: generated, cached datasets; ``recipes``: each notebook's model size and budget

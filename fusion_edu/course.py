@@ -187,7 +187,7 @@ def concat_experiment(device: torch.device, seed: int, progress: bool, longer: b
 
 
 def tokenfusion_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
-    """Notebook 03: TokenFusion fine-tuned from the two ViTs, and the same without exchange."""
+    """Notebook 03a: TokenFusion fine-tuned from the two ViTs, and the same without exchange."""
     train, val, test = _rgbd_data()
     singles, single_histories = _rgbd_singles(seed, longer, progress, train, val)
     config, start = tokenfusion_training(seed, longer), _seconds(*single_histories.values())

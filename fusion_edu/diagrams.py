@@ -187,7 +187,7 @@ def _legend(ax: plt.Axes, x: float, y: float, names: dict[str, str]) -> None:
         ax.text(x + 0.28, y - index * 0.35 + 0.1, name, va="center", fontsize=SMALL)
 
 
-# TokenFusion (notebook 03) ---------------------------------------------------------------------
+# TokenFusion (notebook 03a) --------------------------------------------------------------------
 
 THRESHOLD = 0.02  # θ, the official value
 EXAMPLE_SCORES = {"rgb": (0.9, 0.7, 0.01, 0.8, 0.6, 0.85),  # token 2: glare

@@ -61,7 +61,7 @@ RGBD_VIT = dict(img_size=32, patch_size=4, num_classes=len(CLASSES), embed_dim=6
 RGBD_BACKBONE = {key: value for key, value in RGBD_VIT.items() if key != "task"}  # for the fusion models
 RGBD_EPOCHS = 10  # about 50 s per single-modal model on a 2-core CPU
 RGBD_LONGER_EPOCHS = 40
-# TokenFusion (notebook 03) starts from the single-modal models above and fine-tunes them together.
+# TokenFusion (notebook 03a) starts from the single-modal models above and fine-tunes them together.
 # lambda on the summed l1: half of 1e-4 (the official config.py default; the official README trains
 # with --lamda 1e-6), tuned here so that 30-50 % of tokens are exchanged; 1e-4 exchanges more and
 # loses mIoU, 3e-5 leaves RGB unexchanged.

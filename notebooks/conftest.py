@@ -3,7 +3,7 @@ pyproject.toml).  pytest-xdist's ``loadfile`` gives each worker whole test files
 two chains instead, each run by one worker in order, so that a notebook finds in the cache the models its
 chain's earlier notebooks trained:
 
-- ``rgbd_crossvit``: 00, then 01 (the single-modal ViTs), 02 and 03 (which load them), then 05;
+- ``rgbd_crossvit``: 00, then 01 (the single-modal ViTs), 02, 03a and 03b (which load them), then 05;
 - ``points_audio_language``: 04, 06, 07, then 08, which reads every notebook's saved results.
 
 The two take about as long (10.8 and 11.1 minutes at 2 threads, BENCHMARKS.md).  Should the first chain not
@@ -19,7 +19,7 @@ CHAINS = {"rgbd_crossvit": ("00", "01", "02", "03", "05"), "points_audio_languag
 
 
 def chain_of(notebook: Path) -> str:
-    """The chain a notebook file (``NN_name.ipynb``) belongs to."""
+    """The chain a notebook file (``NN_name.ipynb``, or ``NNa_name.ipynb`` for a part of notebook NN) belongs to."""
     number = notebook.name[:2]
     for chain, numbers in CHAINS.items():
         if number in numbers:
