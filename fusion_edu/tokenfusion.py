@@ -57,11 +57,13 @@ __all__ = [
     "TokenFusionLayer",
     "TokenFusionOutput",
     "l1_sparsity",
+    "least_exchanging_layer",
     "pooled_on_corrupted",
     "preallocate",
     "share_below_threshold",
     "shuffle_tokens",
     "substitute_tokens",
+    "substitution_rates",
     "substitution_statistics",
     "token_scores_and_masks",
 ]
@@ -399,6 +401,28 @@ def pooled_on_corrupted(statistics: Mapping[str, Sequence[float]], layers: Seque
         raise ValueError(f"no token was substituted in layers {list(layers)}")
     hits = [share * statistics["on_corrupted"][layer] for share, layer in zip(shares, layers, strict=True)]
     return sum(hits) / sum(shares)
+
+
+def least_exchanging_layer(statistics: Mapping[str, Sequence[float]]) -> int:
+    """The layer that substitutes the smallest non-zero share of one modality's tokens, from its
+    ``substitution_statistics``: the one where the scores can be most selective (substituting a share s,
+    a layer can land on corrupted patches at most 1/s times the random rate)."""
+    exchanging = [layer for layer, share in enumerate(statistics["share"]) if share > 0]
+    if not exchanging:
+        raise ValueError(f"no layer substituted any token: shares {list(statistics['share'])}")
+    return min(exchanging, key=lambda layer: statistics["share"][layer])
+
+
+def substitution_rates(statistics: Mapping[str, Sequence[float]], layer: int) -> tuple[float, float]:
+    """P(substituted | corrupted) and P(substituted | clean) at ``layer``, from one modality's
+    ``substitution_statistics``, by Bayes' rule:
+    P(sub | corrupted) = P(corrupted | sub) P(sub) / P(corrupted), and likewise for clean."""
+    share, on_corrupted, corrupted = (statistics[key][layer] for key in ("share", "on_corrupted", "random"))
+    if not 0 < corrupted < 1:
+        raise ValueError(f"expected some corrupted and some clean patches, got a corrupted share {corrupted}")
+    if share == 0:
+        return 0.0, 0.0  # nothing substituted (on_corrupted is NaN then)
+    return on_corrupted * share / corrupted, (1 - on_corrupted) * share / (1 - corrupted)
 
 
 def token_scores_and_masks(model: TokenFusion, data: Mapping[str, Tensor]

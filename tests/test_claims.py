@@ -11,8 +11,13 @@ trained once and shared by the tests of both notebooks.
   without a margin, as notebook 02's check asserts; token concat's first layer reads its aligned partner
   about uniformly, its last layer clearly more.
 - 03: TokenFusion, fine-tuned from the single-modal models, substitutes a real share of tokens and
-  beats the best single modality, late fusion and token concat; in the layers where depth's exchange
-  is selective, its substituted tokens lie on damaged patches well above the random rate.
+  beats the best single modality, late fusion and token concat; in depth's least-exchanging layer a
+  damaged token is substituted more than ``ODDS`` times as often as a clean one (the rule notebook 03a's
+  check asserts; in the layers that exchange at most ``SELECTIVE`` of depth's tokens, the substituted
+  tokens' share on damaged patches against the random rate is printed: 4.5x, 4.7x and 5.9x on seeds 0-2
+  in one recorded run).  A layer that exchanges most of its tokens cannot be selective (substituting a
+  share s, it can land on damage at most 1/s times the random rate), and how much each layer exchanges
+  moves with the machine: the rule does not ask for a layer under a quarter.
 """
 
 from dataclasses import replace
@@ -27,7 +32,9 @@ from fusion_edu.recipes import RGBD_CHANNELS, RGBD_VIT, TOKENFUSION, tokenfusion
 from fusion_edu.sweeps import record_sweep
 from fusion_edu.tokenfusion import (
     TokenFusion,
+    least_exchanging_layer,
     pooled_on_corrupted,
+    substitution_rates,
     substitution_statistics,
     token_scores_and_masks,
 )
@@ -44,11 +51,8 @@ MARGIN = 0.01  # mIoU by which late fusion and TokenFusion must beat the best si
 # late fusion +0.04 to +0.06)
 VIT = {key: value for key, value in RGBD_VIT.items() if key != "task"}
 REAL_SHARE = 0.1  # "a real share": at least this share of tokens substituted, per modality
-# A layer that exchanges most of its tokens cannot be selective (substituting a share s, it can land on
-# damage at most 1/s times the random rate): the damage claim is about the layers that exchange at most
-# a quarter of depth's tokens.  (Measured, seeds 0-2: 4.5x, 4.7x, 5.9x the random rate.)
-SELECTIVE = 0.25
-ENRICHMENT = 2.0
+SELECTIVE = 0.25  # a layer exchanging at most this share of depth's tokens: its enrichment is printed
+ODDS = 2.0  # P(substituted | damaged) against P(substituted | clean), in depth's least-exchanging layer
 RECIPE = (f"{TRAIN_SCENES:,} training / {TEST_SCENES} test scenes; single-modal models and token concat 8 "
           "epochs, late fusion 1, TokenFusion fine-tuned 3 (smaller than notebooks 01-03)")
 
@@ -149,5 +153,8 @@ def test_03_tokenfusion_exchanges_tokens_beats_the_fusions_and_finds_damaged_dep
     assert miou > baselines["late"] and miou > baselines["concat"], (miou, baselines)
     depth = stats["depth"]
     selective = [layer for layer, share in enumerate(depth["share"]) if 0 < share <= SELECTIVE]
-    assert selective, depth
-    assert pooled_on_corrupted(depth, selective) > ENRICHMENT * depth["random"][0], (selective, depth)
+    if selective:  # pytest -s
+        print(f"seed {seed}: depth's layers {selective} substitute damaged tokens at "
+              f"{pooled_on_corrupted(depth, selective) / depth['random'][0]:.1f}x the random rate")
+    damaged, clean = substitution_rates(depth, least_exchanging_layer(depth))
+    assert damaged > ODDS * clean, (damaged, clean, depth)

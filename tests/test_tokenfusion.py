@@ -9,11 +9,13 @@ from fusion_edu.tokenfusion import (
     TokenFusion,
     TokenFusionLayer,
     l1_sparsity,
+    least_exchanging_layer,
     pooled_on_corrupted,
     preallocate,
     share_below_threshold,
     shuffle_tokens,
     substitute_tokens,
+    substitution_rates,
     substitution_statistics,
     token_scores_and_masks,
 )
@@ -262,6 +264,20 @@ def test_pooled_on_corrupted_weighs_layers_by_their_substitutions():
         pooled_on_corrupted(stats, [3])
     with pytest.raises(ValueError, match="at least one layer"):
         pooled_on_corrupted(stats, [])
+
+
+def test_the_least_exchanging_layer_and_its_substitution_rates_by_bayes_rule():
+    # 4 layers over 8 tokens, 2 of them corrupted; layer 2 substitutes both corrupted tokens and 1 clean one
+    stats = {"share": [1.0, 0.0, 3 / 8, 0.5], "on_corrupted": [0.25, float("nan"), 2 / 3, 0.25],
+             "random": [0.25] * 4}
+    assert least_exchanging_layer(stats) == 2  # layer 1 substitutes nothing: not a candidate
+    assert substitution_rates(stats, 2) == pytest.approx((1.0, 1 / 6))  # 2 of 2 corrupted, 1 of 6 clean
+    assert substitution_rates(stats, 0) == pytest.approx((1.0, 1.0))
+    assert substitution_rates(stats, 1) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="no layer substituted"):
+        least_exchanging_layer({"share": [0.0, 0.0]})
+    with pytest.raises(ValueError, match="corrupted share 0"):
+        substitution_rates({**stats, "random": [0.0] * 4}, 2)
 
 
 def test_token_scores_and_masks_cover_the_data():
