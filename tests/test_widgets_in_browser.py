@@ -1,5 +1,5 @@
 """The widgets in a real browser: JupyterLab 4 served on localhost, one notebook holding every widget of the
-course (notebooks 01, 03, 04, 05, 06 and 07, each on small untrained models and generated data) opened in
+course (notebooks 01, 03a, 04, 05, 06 and 07, each on small untrained models and generated data) opened in
 headless Chromium (driven by Selenium) and run; for each widget its first slider is moved with the keyboard
 and the figure checked to have changed (screenshots of the widget's output compared pixel by pixel), with no
 error shown.
