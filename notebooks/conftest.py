@@ -8,14 +8,23 @@ chain's earlier notebooks trained:
 
 The two take about as long (10.8 and 11.1 minutes at 2 threads, BENCHMARKS.md).  Should the first chain not
 have saved a result when 08 starts, 08 runs that experiment itself, loading whatever models are cached.
+
+The seed sweeps (``pytest -m claims``) go to the workers in groups of files whose recorded costs are as even
+as they can be (``sweep_groups``): xdist's own order (files by number of tests, the next file handed to a
+worker while it still has two tests to run) put 47 of the 78 minutes on one of two workers.
 """
 
+from itertools import product
 from pathlib import Path
 
 import pytest
 from xdist.scheduler import LoadFileScheduling
 
 CHAINS = {"rgbd_crossvit": ("00", "01", "02", "03", "05"), "points_audio_language": ("04", "06", "07", "08")}
+# Seconds each seed-sweep file took in one run on a 2-core machine, 2 workers at 1 thread each (--durations)
+SWEEP_SECONDS = {"tests/test_claims_lavt.py": 1310, "tests/test_claims.py": 1140,
+                 "tests/test_claims_tokenfusion_heterogeneous.py": 1010, "tests/test_claims_mbt.py": 736,
+                 "tests/test_claims_crossvit.py": 474}
 
 
 def chain_of(notebook: Path) -> str:
@@ -28,18 +37,34 @@ def chain_of(notebook: Path) -> str:
                      f"got {notebook.name}")
 
 
-def scope_of(nodeid: str) -> str:
-    """What one worker runs together: a notebook's chain, or any other test's file (its module fixtures,
-    the seed sweeps' trained models, are built once)."""
+def sweep_groups(workers: int) -> dict[str, int]:
+    """Each seed-sweep file's group, for ``workers`` workers: the grouping whose costliest group costs least
+    (every grouping tried: at most ``workers ** 5``, and only while there are fewer workers than files)."""
+    files = list(SWEEP_SECONDS)
+    if workers >= len(files):
+        return {path: group for group, path in enumerate(files)}
+
+    def costliest(groups: tuple[int, ...]) -> int:
+        return max(sum(SWEEP_SECONDS[path] for path, g in zip(files, groups, strict=True) if g == group)
+                   for group in range(workers))
+
+    return dict(zip(files, min(product(range(workers), repeat=len(files)), key=costliest), strict=True))
+
+
+def scope_of(nodeid: str, workers: int) -> str:
+    """What one of ``workers`` workers runs together: a notebook's chain, a group of seed-sweep files, or any
+    other test's file (its module fixtures, the seed sweeps' trained models, are built once)."""
     path = nodeid.split("::", 1)[0]
     if path.startswith("notebooks/") and path.endswith(".ipynb"):
         return chain_of(Path(path))
+    if path in SWEEP_SECONDS:
+        return f"sweeps {sweep_groups(workers)[path]}"
     return path
 
 
 class NotebookChainScheduling(LoadFileScheduling):
     def _split_scope(self, nodeid: str) -> str:
-        return scope_of(nodeid)
+        return scope_of(nodeid, self.numnodes)
 
 
 @pytest.hookimpl(optionalhook=True)

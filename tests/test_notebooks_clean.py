@@ -140,6 +140,23 @@ def test_every_notebook_runs_in_one_parallel_chain_after_what_it_loads():
     assert any(numbers[-1] == "08" for numbers in chains.CHAINS.values())  # 08 reads every result: last
     with pytest.raises(ValueError, match="expected a notebook numbered"):
         chains.chain_of(Path("09_new.ipynb"))
-    # a worker gets a whole chain, or a whole test file (the sweeps' module fixtures train once per file)
-    assert chains.scope_of("notebooks/02_alignment_agnostic_fusion.ipynb::Cell 3") == rgbd
-    assert chains.scope_of("tests/test_claims.py::test_02_x[1]") == "tests/test_claims.py"
+    # a worker gets a whole chain, a whole test file, or whole seed-sweep files (their module fixtures train
+    # once per file)
+    assert chains.scope_of("notebooks/02_alignment_agnostic_fusion.ipynb::Cell 3", 2) == rgbd
+    assert chains.scope_of("tests/test_vit.py::test_x", 2) == "tests/test_vit.py"
+    claims = chains.scope_of("tests/test_claims.py::test_02_x[1]", 2)
+    assert claims == chains.scope_of("tests/test_claims.py::test_03_y[0]", 2) != "tests/test_claims.py"
+
+
+def test_the_seed_sweeps_are_grouped_into_even_shares_of_their_recorded_cost():
+    chains = _chains()
+    sweeps = {f"tests/{path.name}" for path in (NOTEBOOKS[0].parent.parent / "tests").glob("test_claims*.py")}
+    assert set(chains.SWEEP_SECONDS) == sweeps  # every sweep file has a recorded cost
+    groups = chains.sweep_groups(2)
+    costs = [sum(seconds for path, seconds in chains.SWEEP_SECONDS.items() if groups[path] == group)
+             for group in (0, 1)]
+    assert max(costs) < 1.05 * sum(costs) / 2, costs  # recorded: 2,320 and 2,350 s
+    for workers in (2, 3):
+        scopes = {chains.scope_of(f"{path}::test_x", workers) for path in sweeps}
+        assert scopes == {f"sweeps {group}" for group in range(workers)}, scopes  # none idle
+    assert sorted(chains.sweep_groups(len(sweeps)).values()) == list(range(len(sweeps)))  # one file each
