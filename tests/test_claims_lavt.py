@@ -39,7 +39,12 @@ comes first trains them, and the other loads them.
 import pytest
 import torch
 
-from fusion_edu.datasets.referring import REFERRING_SPLIT_SIZES, counterfactual_scenes, load_referring_scenes
+from fusion_edu.datasets.referring import (
+    REFERRING_SPLIT_SIZES,
+    counterfactual_scenes,
+    load_referring_scenes,
+    new_expressions,
+)
 from fusion_edu.lavt import (
     PretrainedTextEncoder,
     pathway_statistics,
@@ -83,13 +88,16 @@ def _summary(run: dict) -> dict:
                       for key, value in rest.items()}
 
 
-def _run(model: torch.nn.Module, test: dict, edited: dict) -> dict:
-    """One trained model's test scores by expression type, counterfactual IoUs and (LAVT) gate statistics."""
+def _run(model: torch.nn.Module, test: dict, edited: dict, unseen: dict) -> dict:
+    """One trained model's test scores by expression type, counterfactual IoUs, mIoU on the unseen
+    combinations (all, and those whose expression string training never had) and (LAVT) gate statistics."""
     original, moved, source = predicted_masks(model, test), predicted_masks(model, edited), edited["source"]
+    unseen_ious = sample_iou(predicted_masks(model, unseen), unseen["mask"])
     run = {"scores": scores_by_expression_type(original, test),
            "original": sample_iou(original[source], test["mask"][source]).mean().item(),
            "new_target": sample_iou(moved, edited["mask"]).mean().item(),
-           "old_target": sample_iou(moved, test["mask"][source]).mean().item()}
+           "old_target": sample_iou(moved, test["mask"][source]).mean().item(),
+           "unseen": unseen_ious.mean().item(), "unseen_new": unseen_ious[unseen["new"]].mean().item()}
     if model.fusion == "pwam":
         gate_weights = [gate.layers[2].weight.abs().mean().item() for gate in model.gates]  # mean |W_2|
         run["pathway"] = pathway_statistics(model, test) | {"gate_weight": gate_weights}
@@ -106,13 +114,16 @@ def lavt_runs() -> dict[int, dict[str, dict]]:
     try:
         for seed in SEEDS:
             train, test = load_referring_scenes("train", seed=seed), load_referring_scenes("test", seed=seed)
+            unseen = load_referring_scenes("unseen", seed=seed)
+            unseen["new"] = new_expressions(unseen, train)
             edited, runs[seed] = counterfactual_scenes(test), {}
             for name, (fusion, gate_lr_factor, cache_name) in MODELS.items():
                 config = lavt_training(seed, gate_lr_factor=gate_lr_factor)
                 model, _ = train_lavt(cache_name, train, config, fusion, minilm, progress=False)
-                runs[seed][name] = _run(model, test, edited)
+                runs[seed][name] = _run(model, test, edited, unseen)
             print(f"seed {seed}:", {name: _summary(run) for name, run in runs[seed].items()})  # pytest -s
-            overall = {name: {key: run["scores"]["all"][key] for key in ("miou", "oiou")}
+            overall = {name: {**{key: run["scores"]["all"][key] for key in ("miou", "oiou")},
+                              "unseen_miou": run["unseen"], "unseen_new_miou": run["unseen_new"]}
                        for name, run in runs[seed].items()}
             record_sweep("lavt", seed, overall, "07", "miou", "notebook 07's recipe")
     finally:

@@ -6,6 +6,8 @@ import torch
 from fusion_edu.datasets.referring import (
     COLOURS,
     EXPRESSION_TYPES,
+    HELD_OUT,
+    SHAPES,
     VOCABULARY,
     WORD_SWAPS,
     ReferringConfig,
@@ -13,6 +15,7 @@ from fusion_edu.datasets.referring import (
     counterfactual_scenes,
     generate_referring_scenes,
     load_referring_scenes,
+    new_expressions,
     object_masks,
     resolve,
     scene_objects,
@@ -52,13 +55,26 @@ def test_the_mask_is_the_targets_pixels_in_the_targets_colour(scenes):
         assert (inside - paint[:, None]).abs().max() <= ReferringConfig().colour_jitter + 1 / 255
 
 
-def test_all_expression_types_occur_and_relations_need_their_anchor(scenes):
+def test_objects_never_overlap_so_each_mask_is_one_objects_own(scenes):
+    for index in range(len(scenes["expression"])):
+        masks = object_masks(scenes, index)
+        assert masks.sum(0).max() == 1 and (masks.flatten(1).sum(1) > 0).all(), index
+
+
+def test_the_types_are_equally_common_and_a_relations_target_has_no_other_name(scenes):
     counts = torch.bincount(scenes["expression_type"], minlength=len(EXPRESSION_TYPES))
-    assert (counts > 0.15 * len(scenes["image"])).all(), counts
+    assert (counts > 0.25 * len(scenes["image"])).all(), counts  # a third each, drawn
+    relations = 0
     for index, expression in enumerate(scenes["expression"]):
         if EXPRESSION_TYPES[scenes["expression_type"][index]] == "relation":
+            relations += 1
+            objects, target = scene_objects(scenes, index), scenes["target"][index]
             head = re.split(r" (?:left of|right of|above|below) ", expression)[0]
-            assert len(resolve(head, scene_objects(scenes, index), MARGIN)) >= 2, expression
+            assert len(resolve(head, objects, MARGIN)) >= 2, expression
+            twin = objects[target]
+            full_name = f"the {twin.size} {twin.colour} {twin.shape}"  # every attribute: still two or more
+            assert len(resolve(full_name, objects, MARGIN)) >= 2, (expression, objects)
+    assert relations == counts[EXPRESSION_TYPES.index("relation")] > 0
 
 
 def test_resolve_reads_the_grammar_on_a_scene_built_by_hand():
@@ -69,11 +85,38 @@ def test_resolve_reads_the_grammar_on_a_scene_built_by_hand():
     assert resolve("the circle left of the blue square", objects, MARGIN) == [0]
     assert resolve("the circle right of the square", objects, MARGIN) == [1]
     assert resolve("the circle above the square", objects, MARGIN) == [0, 1]  # both: not a referring one
+    near = [*objects, _Object("circle", "yellow", "small", 27, 10, 5)]  # left of the square by 3 px only
+    assert resolve("the circle left of the blue square", near, MARGIN) == []  # too close to call
+    assert resolve("the circle left of the blue square", near, 2.0) == [0, 3]
     assert resolve("the largest circle", objects, MARGIN) == [1]
     assert resolve("the largest object", objects, MARGIN) == []  # two large objects: no clear winner
     assert resolve("the lowest object", objects, MARGIN) == [2]
     with pytest.raises(ValueError, match="starts with 'the'"):
         resolve("a circle", objects, MARGIN)
+
+
+def test_held_out_combinations_occur_only_in_the_unseen_split_and_are_its_targets(tmp_cache):
+    held_out = {(list(COLOURS).index(colour), SHAPES.index(shape)) for colour, shape in HELD_OUT}
+    for split in ("train", "test", "unseen"):
+        data = load_referring_scenes(split, num_scenes=150)
+        real = data["object_shape"] >= 0
+        combinations = {(c, s) for c, s in zip(data["object_colour"][real].tolist(),
+                                                data["object_shape"][real].tolist(), strict=True)}
+        rows = torch.arange(150)
+        targets = set(zip(data["object_colour"][rows, data["target"]].tolist(),
+                          data["object_shape"][rows, data["target"]].tolist(), strict=True))
+        if split == "unseen":
+            assert targets == held_out, targets
+        else:
+            assert not combinations & held_out
+            assert len(combinations) == len(COLOURS) * len(SHAPES) - len(held_out)
+    train = load_referring_scenes("train", num_scenes=150)
+    new = new_expressions(data, train)
+    assert new.dtype == torch.bool and new.shape == (150,) and 0 < new.sum() < 150
+    assert not new_expressions(train, train).any()
+    seen = set(train["expression"])
+    assert all((expression not in seen) == bool(flag) for expression, flag in zip(data["expression"], new,
+                                                                                  strict=True))
 
 
 def test_tokenize_pads_masks_and_maps_unknown_words():

@@ -35,10 +35,12 @@ from .pointcloud import (
     validate_pointcloud,
 )
 from .referring import (
+    HELD_OUT,
     REFERRING_SPLIT_SIZES,
     ReferringConfig,
     generate_referring_scenes,
     load_referring_scenes,
+    new_expressions,
     validate_referring,
 )
 from .rgbd import (
@@ -57,6 +59,7 @@ from .rgbd import (
 __all__ = [
     "AUDIOVISUAL_SPLIT_SIZES",
     "CLASSES",
+    "HELD_OUT",
     "LAYOUTS",
     "MAX_OBJECTS",
     "MISSING",
@@ -91,6 +94,7 @@ __all__ = [
     "load_rgbd_scenes",
     "log_mel_spectrogram",
     "mel_filterbank",
+    "new_expressions",
     "object_visibility",
     "surface_normals",
     "texture_profile",

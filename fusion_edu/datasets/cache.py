@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["SPLIT_STREAMS", "cache_dir", "cached", "cached_split", "read_if_valid", "write_atomic"]
 
-SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # each split draws from its own random stream
+SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2, "unseen": 3}  # each split draws from its own random stream
 
 CACHE_ENV = "FUSION_EDU_DATA"  # set it to put the cache somewhere else
 CONFIG_DIGEST_CHARS = 8  # of the sha256 of a non-default generator config, in its cache entry's name

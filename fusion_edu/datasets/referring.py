@@ -6,23 +6,32 @@ picks it out, of one of three types (``EXPRESSION_TYPES``):
 
 - **attribute**: the fewest of size, colour and shape that single it out — "the red circle", "the large
   object", "the small green square";
-- **relation**: a noun phrase for the target (its shape alone, or its colour alone) that does *not*
-  single it out, placed by another object that its own phrase does — "the circle left of the blue
-  square" (left of, right of, above, below: the centres differ by more than ``relation_margin`` pixels on
-  that axis).  Another combination of the target's attributes often would single it out (88.5 % of the
-  test split's relation expressions, 90.4 % of train's): the relation is needed to resolve the phrase
-  the expression uses, not to name the object at all;
+- **relation**: for a target that no attributes single out (another object has its size, colour and
+  shape), a noun phrase for it (its shape alone, or its colour alone) placed by another object that its
+  own phrase does — "the circle left of the blue square" (left of, right of, above, below: the centres
+  differ by more than ``relation_margin`` pixels on that axis, and every other object the phrase names is
+  clearly not there: on the anchor's other side of its centre line, not within the margin of it).  Without
+  the relation, the target cannot be named at all;
 - **superlative**: the extreme one among those sharing a noun phrase — "the leftmost circle", "the
   largest object", "the lowest red shape" (ahead of the runner-up by ``relation_margin`` pixels, or for
   size by one size class).
 
-Every expression is checked at generation by ``resolve``, a small interpreter of the same grammar:
-exactly one object of the scene satisfies it, the target.  Samples: ``image (n 3 H W)`` uint8,
-``mask (n H W)`` bool (the target's pixels), ``expression`` (a list of n strings), ``expression_type
-(n)`` (an index into ``EXPRESSION_TYPES``), and per object (padded with -1 to ``MAX_OBJECTS``)
-``object_shape``, ``object_colour``, ``object_size``, ``object_centre (n O 2)`` (x, y in pixels),
-``object_radius`` and ``target (n)``, the target's slot; ``scene_objects`` rebuilds a scene's objects
-from them, for ``resolve``.
+Each scene draws its expression type first, uniformly, then scenes until one has an expression of that
+type, so the three types are equally common.  Every expression is checked at generation by ``resolve``, a
+small interpreter of the same grammar: exactly one object of the scene satisfies it, the target.
+Samples: ``image (n 3 H W)`` uint8, ``mask (n H W)`` bool (the target's pixels), ``expression`` (a list
+of n strings), ``expression_type (n)`` (an index into ``EXPRESSION_TYPES``), and per object (padded with
+-1 to ``MAX_OBJECTS``) ``object_shape``, ``object_colour``, ``object_size``, ``object_centre (n O 2)``
+(x, y in pixels), ``object_radius`` and ``target (n)``, the target's slot; ``scene_objects`` rebuilds a
+scene's objects from them, for ``resolve``.
+
+**Unseen combinations.**  Three colour-shape combinations (``HELD_OUT``: a red triangle, a green circle, a
+blue square; every colour and shape still occurs, only not together) never appear in the train, val or
+test splits.  The ``"unseen"`` split is drawn as the others, with any combination, and its target is always
+one of the held-out ones: a model must segment an object whose look (this colour on this shape) it never
+saw, from words it saw only on other objects.  The expression strings are mostly not new (the fewest
+attributes rarely name both colour and shape: on seed 0, 93.8 % of the unseen split's strings, and 96.7 % of
+test's, also occur in train); ``new_expressions`` marks the others, to be scored apart.
 
 ``counterfactual_scenes`` edits one word of each expression (a colour, a shape, a size, a direction) so
 that it names exactly one *other* object of the same scene, with that object's mask: what a model that
@@ -37,7 +46,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -48,6 +57,7 @@ from .cache import cached_split
 __all__ = [
     "COLOURS",
     "EXPRESSION_TYPES",
+    "HELD_OUT",
     "REFERRING_SPLIT_SIZES",
     "RELATIONS",
     "SHAPES",
@@ -58,6 +68,7 @@ __all__ = [
     "counterfactual_scenes",
     "generate_referring_scenes",
     "load_referring_scenes",
+    "new_expressions",
     "object_masks",
     "resolve",
     "scene_objects",
@@ -65,7 +76,7 @@ __all__ = [
     "validate_referring",
 ]
 
-GENERATOR_VERSION = 1  # bump when the generator changes: cached sets become stale
+GENERATOR_VERSION = 2  # bump when the generator changes: cached sets become stale
 SHAPES = ("square", "circle", "triangle")
 COLOURS = {"red": (0.85, 0.2, 0.2), "green": (0.2, 0.7, 0.25), "blue": (0.2, 0.35, 0.9),
            "yellow": (0.9, 0.8, 0.2)}
@@ -74,7 +85,9 @@ RELATIONS = ("left of", "right of", "above", "below")
 SUPERLATIVES = ("leftmost", "rightmost", "highest", "lowest", "largest", "smallest")
 EXPRESSION_TYPES = ("attribute", "relation", "superlative")
 MAX_OBJECTS = 4
-REFERRING_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000}
+REFERRING_SPLIT_SIZES = {"train": 3000, "val": 500, "test": 1000, "unseen": 1000}
+# colour-shape combinations no object of train, val or test has; the targets of the "unseen" split
+HELD_OUT = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
 NOUNS = ("object", "shape")  # a noun phrase without a shape word ends in one of these
 PAD, UNK = "<pad>", "<unk>"
 VOCABULARY = (PAD, UNK, "the", *SIZES, *COLOURS, *SHAPES, *NOUNS, "left", "right", "of", "above", "below",
@@ -92,10 +105,11 @@ class ReferringConfig:
     max_objects: int = MAX_OBJECTS
     small_radius: tuple[float, float] = (5.0, 7.0)  # pixels: half the side of a square, a circle's radius
     large_radius: tuple[float, float] = (10.0, 13.0)
-    gap: float = 2.0  # pixels between the bounding circles of two objects
+    gap: float = 2.0  # pixels between the circles that hold two objects (of radius _reach)
     relation_margin: float = 6.0  # pixels by which "left of", "leftmost" ... must hold
     colour_jitter: float = 0.06
     background_noise: float = 0.05
+    unseen_targets: bool = False  # the "unseen" split: any combination, the target a HELD_OUT one
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,8 @@ class _Object:
 
 def load_referring_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
                           config: ReferringConfig = ReferringConfig()) -> dict:
-    """The ``split`` ("train", "val" or "test") of the referring scenes, from the cache."""
+    """The ``split`` ("train", "val", "test" or "unseen") of the referring scenes, from the cache."""
+    config = replace(config, unseen_targets=split == "unseen")
     scenes = cached_split("referring", GENERATOR_VERSION, split, REFERRING_SPLIT_SIZES, seed, num_scenes,
                           config, generate_referring_scenes, "num_scenes")
     validate_referring(scenes)
@@ -196,9 +211,14 @@ def resolve(expression: str, objects: Sequence[_Object], margin: float) -> list[
             anchors = resolve(f"the {right}", objects, margin)
             if len(anchors) != 1:
                 return []
-            candidates = [i for i, o in enumerate(objects) if _matches(o, *_parse_phrase(left.split()))]
-            return [i for i in candidates if i != anchors[0]
-                    and _stands(objects[i], relation, objects[anchors[0]], margin)]
+            anchor = objects[anchors[0]]
+            candidates = [i for i, o in enumerate(objects)
+                          if i != anchors[0] and _matches(o, *_parse_phrase(left.split()))]
+            if any(_stands(objects[i], relation, anchor, 0.0)
+                   and not _stands(objects[i], relation, anchor, margin)
+                   for i in candidates):
+                return []  # one of them stands so by less than the margin: too close to call
+            return [i for i in candidates if _stands(objects[i], relation, anchor, margin)]
     return [i for i, o in enumerate(objects) if _matches(o, *_parse_phrase(words))]
 
 
@@ -217,8 +237,10 @@ def _attribute_expressions(objects: Sequence[_Object], target: int) -> list[str]
 
 
 def _relation_expressions(objects: Sequence[_Object], target: int, margin: float) -> list[str]:
-    """"the <phrase> <relation> the <anchor>" where the phrase alone does not single out the target."""
+    """"the <phrase> <relation> the <anchor>", for a target no attribute expression singles out."""
     obj, found = objects[target], []
+    if _attribute_expressions(objects, target):
+        return found  # its attributes would do: not a relation expression
     for anchor in range(len(objects)):
         if anchor == target:
             continue
@@ -227,8 +249,6 @@ def _relation_expressions(objects: Sequence[_Object], target: int, margin: float
             if not _stands(obj, relation, objects[anchor], margin):
                 continue
             for phrase in (_phrases(None, None, obj.shape), _phrases(None, obj.colour, None)):
-                if len(resolve(f"the {phrase}", objects, margin)) < 2:
-                    continue  # the attributes alone would do: not a relation expression
                 for anchor_phrase in anchor_phrases:
                     expression = f"the {phrase} {relation} {anchor_phrase}"
                     if resolve(expression, objects, margin) == [target]:
@@ -246,32 +266,46 @@ def _superlative_expressions(objects: Sequence[_Object], target: int, margin: fl
     return found
 
 
-def _expression(rng: np.random.Generator, objects: Sequence[_Object], target: int,
-                config: ReferringConfig) -> tuple[str, int] | None:
-    """A random expression for the target, its type drawn uniformly among the types that have one."""
-    options = [_attribute_expressions(objects, target),
-               _relation_expressions(objects, target, config.relation_margin),
-               _superlative_expressions(objects, target, config.relation_margin)]
-    available = [kind for kind, found in enumerate(options) if found]
-    if not available:
-        return None
-    kind = available[rng.integers(len(available))]
-    return options[kind][rng.integers(len(options[kind]))], kind
+def _expressions(kind: int, objects: Sequence[_Object], target: int, config: ReferringConfig) -> list[str]:
+    """Every expression of type ``EXPRESSION_TYPES[kind]`` that names the target."""
+    if EXPRESSION_TYPES[kind] == "attribute":
+        return _attribute_expressions(objects, target)
+    if EXPRESSION_TYPES[kind] == "relation":
+        return _relation_expressions(objects, target, config.relation_margin)
+    return _superlative_expressions(objects, target, config.relation_margin)
 
 
 # --- the picture ---------------------------------------------------------------------------------------
 
 def _place_objects(rng: np.random.Generator, config: ReferringConfig) -> list[_Object]:
+    """2-4 objects apart from each other; no HELD_OUT combination unless ``config.unseen_targets``."""
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     objects: list[_Object] = []
     while len(objects) < count:
         size = SIZES[rng.integers(len(SIZES))]
         radius = float(rng.uniform(*(config.small_radius if size == "small" else config.large_radius)))
         x, y = rng.uniform(radius, config.image_size - radius, size=2)
-        if all(np.hypot(x - o.x, y - o.y) > radius + o.radius + config.gap for o in objects):
-            shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
-            objects.append(_Object(shape, colour, size, float(x), float(y), radius))
+        shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+        candidate = _Object(shape, colour, size, float(x), float(y), radius)
+        apart = all(np.hypot(x - o.x, y - o.y) > _reach(candidate) + _reach(o) + config.gap for o in objects)
+        if apart and (config.unseen_targets or (colour, shape) not in HELD_OUT):
+            objects.append(candidate)
     return objects
+
+
+def _reach(obj: _Object) -> float:
+    """How far the object's pixels reach from its centre: a square's corners and a triangle's base corners
+    lie outside the circle of its ``radius``."""
+    return obj.radius * _REACH[obj.shape]
+
+
+def _targets(objects: Sequence[_Object], config: ReferringConfig) -> list[int]:
+    """The objects a scene's expression may name: any, or in the "unseen" split the HELD_OUT ones."""
+    return [i for i, o in enumerate(objects) if not config.unseen_targets or (o.colour, o.shape) in HELD_OUT]
+
+
+# a triangle's base corners: (±1.5 · √3/2 · r, r/2) from the centre (see _pixels)
+_REACH = {"square": np.sqrt(2), "circle": 1.0, "triangle": float(np.hypot(1.5 * np.sqrt(3) / 2, 0.5))}
 
 
 def _pixels(obj: _Object, size: int) -> np.ndarray:
@@ -289,13 +323,17 @@ def _pixels(obj: _Object, size: int) -> np.ndarray:
 
 
 def _scene(rng: np.random.Generator, config: ReferringConfig) -> dict:
+    kind = int(rng.integers(len(EXPRESSION_TYPES)))
     while True:
         objects = _place_objects(rng, config)
-        target = int(rng.integers(len(objects)))
-        chosen = _expression(rng, objects, target, config)
-        if chosen is not None:
+        targets = _targets(objects, config)
+        if not targets:
+            continue
+        target = targets[rng.integers(len(targets))]
+        found = _expressions(kind, objects, target, config)
+        if found:
             break
-    expression, kind = chosen
+    expression = found[rng.integers(len(found))]
     size = config.image_size
     image = 0.5 + config.background_noise * rng.standard_normal((size, size, 3))
     masks = [_pixels(obj, size) for obj in objects]
@@ -317,6 +355,12 @@ def _scene(rng: np.random.Generator, config: ReferringConfig) -> dict:
                                           dtype=torch.float64),
             "object_radius": torch.tensor([o.radius for o in objects] + [-1.0] * padding,
                                           dtype=torch.float64)}
+
+
+def new_expressions(scenes: Mapping, train: Mapping) -> Tensor:
+    """``(n)`` bool: which of ``scenes``' expressions never occur, as a string, among ``train``'s."""
+    seen = set(train["expression"])
+    return torch.tensor([expression not in seen for expression in scenes["expression"]])
 
 
 def scene_objects(scenes: Mapping, index: int) -> list[_Object]:
