@@ -15,13 +15,14 @@ learning rate (everything else as LAVT's).
   object, the predicted mask moves onto that object: its mean IoU with the newly named object is at
   least ``FOLLOW_SHARE`` of what the same model reaches on the original expressions of the same scenes,
   and its IoU with the original target at most ``STAY_AT_MOST``.  Objects do not overlap, so a mask that
-  ignored the edit would score about 0 on the first and its ordinary IoU (0.5-0.6) on the second.
+  ignored the edit would score about 0 on the first and its ordinary IoU (0.58-0.64) on the second.
 - **Early fusion adds nothing detectable; pixel-word attention beats a sentence vector on relations.**
   Against its gates-closed control (the same PWAM features, to the decoder only) LAVT does not lead on
   every seed, is not detectably ahead (paired t-test over the three seeds, ``paired_difference``), and its
   mean is not above the control's by more than ``NOT_AHEAD`` (recorded run: -0.041 / -0.007 / -0.042).
   Against sentence-vector late fusion the overall gap is small, within ``SMALL_GAP`` on the mean (recorded:
-  +0.013 / +0.013 / +0.003, t 2.7, not significant at 5 %; its sign on a seed moves with the machine), and
+  +0.013 / +0.013 / +0.003, t 2.7, not significant at 5 %; on the first version of the scenes its sign on
+  a seed moved with the machine), and
   on relation expressions both PWAM models lead late fusion on the mean over seeds by more than
   ``RELATION_LEAD`` (recorded: LAVT +0.074 / +0.034 / +0.022, gates closed +0.105 / +0.034 / +0.090).
 - **Objects of unseen colour-shape combinations are found far less well.**  Every model's mIoU on the

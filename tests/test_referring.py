@@ -88,6 +88,8 @@ def test_resolve_reads_the_grammar_on_a_scene_built_by_hand():
     near = [*objects, _Object("circle", "yellow", "small", 27, 10, 5)]  # left of the square by 3 px only
     assert resolve("the circle left of the blue square", near, MARGIN) == []  # too close to call
     assert resolve("the circle left of the blue square", near, 2.0) == [0, 3]
+    across = [*objects, _Object("circle", "yellow", "small", 33, 10, 5)]  # right of the centre: not left
+    assert resolve("the circle left of the blue square", across, MARGIN) == [0]
     assert resolve("the largest circle", objects, MARGIN) == [1]
     assert resolve("the largest object", objects, MARGIN) == []  # two large objects: no clear winner
     assert resolve("the lowest object", objects, MARGIN) == [2]

@@ -10,7 +10,8 @@ picks it out, of one of three types (``EXPRESSION_TYPES``):
   shape), a noun phrase for it (its shape alone, or its colour alone) placed by another object that its
   own phrase does — "the circle left of the blue square" (left of, right of, above, below: the centres
   differ by more than ``relation_margin`` pixels on that axis, and every other object the phrase names is
-  clearly not there: on the anchor's other side of its centre line, not within the margin of it).  Without
+  not on that side of the anchor's centre at all: one that is, by no more than the margin, is too close to
+  call, so the target leads every other candidate by the margin, as a superlative's winner does).  Without
   the relation, the target cannot be named at all;
 - **superlative**: the extreme one among those sharing a noun phrase — "the leftmost circle", "the
   largest object", "the lowest red shape" (ahead of the runner-up by ``relation_margin`` pixels, or for
@@ -30,8 +31,9 @@ blue square; every colour and shape still occurs, only not together) never appea
 test splits.  The ``"unseen"`` split is drawn as the others, with any combination, and its target is always
 one of the held-out ones: a model must segment an object whose look (this colour on this shape) it never
 saw, from words it saw only on other objects.  The expression strings are mostly not new (the fewest
-attributes rarely name both colour and shape: on seed 0, 93.8 % of the unseen split's strings, and 96.7 % of
-test's, also occur in train); ``new_expressions`` marks the others, to be scored apart.
+attributes rarely name both colour and shape: on seed 0, the expressions of 93.0 % of the unseen split's
+scenes, and of 96.0 % of test's, also occur in train); ``new_expressions`` marks the others, to be
+scored apart.
 
 ``counterfactual_scenes`` edits one word of each expression (a colour, a shape, a size, a direction) so
 that it names exactly one *other* object of the same scene, with that object's mask: what a model that
@@ -124,7 +126,8 @@ class _Object:
 
 def load_referring_scenes(split: str, seed: int = 0, num_scenes: int | None = None,
                           config: ReferringConfig = ReferringConfig()) -> dict:
-    """The ``split`` ("train", "val", "test" or "unseen") of the referring scenes, from the cache."""
+    """The ``split`` ("train", "val", "test" or "unseen") of the referring scenes, from the cache; the split
+    sets ``config.unseen_targets`` (True for "unseen" only)."""
     config = replace(config, unseen_targets=split == "unseen")
     scenes = cached_split("referring", GENERATOR_VERSION, split, REFERRING_SPLIT_SIZES, seed, num_scenes,
                           config, generate_referring_scenes, "num_scenes")
