@@ -8,8 +8,8 @@ on 1,000 test scenes and on their one-word counterfactual edits (``counterfactua
   differs from LAVT in one thing, where language enters: the control for the paper's early-fusion claim.
 - **late fusion**: one sentence vector multiplied into each stage's features for the decoder (no PWAM).
 
-and, for the diagnosis of the gates, LAVT once more with its gates' weights at ``GATE_LR_FACTOR`` times the
-learning rate (everything else as LAVT's).
+and, for the diagnosis of the gates, on seed 0 only (``DIAGNOSIS_SEED``), LAVT once more with its gates'
+weights at ``GATE_LR_FACTOR`` times the learning rate (everything else as LAVT's).
 
 - **The mask follows the words.**  With one word of the expression changed so that it names another
   object, the predicted mask moves onto that object: its mean IoU with the newly named object is at
@@ -32,11 +32,13 @@ learning rate (everything else as LAVT's).
   linear range (mean slope above ``LINEAR``).  The gate reads F_1, far smaller than F_3 (root mean square
   under ``SMALL`` of F_3's), so weights of similar size open it far less; and its W_2 moved little: mean
   |w| under ``USED_AT_MOST`` of Σ lr, how far AdamW could carry a weight whose gradient kept one sign (the
-  loss gave it no consistent push).  At ``GATE_LR_FACTOR`` times the
-  learning rate the same gate opens at least ``WIDER`` times as far as at 1x on every seed, past ``OPENED``
-  (twice ``SHUT``) on the mean over seeds, and the score does not rise: not detectably above LAVT's (paired
-  t-test), its mean within ``SAME`` of LAVT's.  The gates can open; at this scale the loss does not reward
-  it.  How far stage 1 opens moves with the seed and the machine, so no single seed is held to ``OPENED``.
+  loss gave it no consistent push).  On seed 0, at ``GATE_LR_FACTOR`` times the learning rate the same gate
+  opens at least ``WIDER`` times as far as at 1x, and the score does not rise by more than ``SAME``: the
+  gates can open.  One seed shows that; it cannot rank the two recipes, so the score difference is a bound,
+  not a comparison.  (A recorded run of
+  the diagnosis on all three seeds, 3 December 2026, 1 thread: stage 1 opened to 0.159 / 0.153 / 0.867
+  against 0.008 / 0.007 / 0.004 at 1x, and mIoU moved by -0.012 / -0.020 / +0.014, paired t -0.57.  Seeds 1
+  and 2 of the diagnosis cost 7 minutes of the CI budget, which the three-seed comparisons need more.)
 
 Seed 0's LAVT, gates-closed and late-fusion models are the notebook's own run, trained in the shared cache
 (``data/models``, at the notebooks' thread count, ``use_threads``): whichever of this test and the notebook
@@ -68,8 +70,10 @@ pytestmark = pytest.mark.claims  # seed sweeps: minutes each; `pytest -m claims`
 SEEDS = (0, 1, 2)
 # name: (fusion, the gates' learning-rate factor, the cache name)
 MODELS = {"LAVT": ("pwam", 1.0, "pwam_minilm"), "gates closed": ("closed_gates", 1.0, "closed_gates_minilm"),
-          "late": ("late", 1.0, "late_minilm"),
-          "LAVT, gates at 10x lr": ("pwam", GATE_LR_FACTOR, "pwam_minilm_gates_lr10")}
+          "late": ("late", 1.0, "late_minilm")}
+FASTER_GATES = "LAVT, gates at 10x lr"  # the diagnosis, trained on DIAGNOSIS_SEED only
+DIAGNOSIS = {FASTER_GATES: ("pwam", GATE_LR_FACTOR, "pwam_minilm_gates_lr10")}
+DIAGNOSIS_SEED = 0
 PWAM_MODELS = ("LAVT", "gates closed")
 NOT_AHEAD = 0.02  # LAVT's mean lead over the gates-closed control may not exceed this
 SMALL_GAP = 0.03  # |LAVT - late fusion| in mIoU, mean over seeds
@@ -78,14 +82,10 @@ UNSEEN_DROP = 0.1  # test mIoU - unseen-split mIoU, every model and seed
 FOLLOW_SHARE = 0.8  # of the IoU on the original expressions
 STAY_AT_MOST = 0.15
 SHUT, OPEN = 0.05, 0.2  # mean |S_i| of a gate nearly shut (measured at stage 1: 0.004-0.008), and open
-# Stage 1's gate at GATE_LR_FACTOR times the lr, mean |S_1| on seeds 0-2: 0.159 / 0.153 / 0.867 in the
-# recorded run (at 1x: 0.008 / 0.007 / 0.004), 20-217 times as far.  On the first version of the scenes:
-# 0.50 / 0.42 / 0.61 in one run, 0.394 / 0.644 / 0.085 on two CI-like machines (31-197 times as far), 0.165
-# on seed 0 on a third.  So every seed must open WIDER times as far, and the mean over seeds past twice SHUT.
-OPENED, WIDER = 2 * SHUT, 10
-# 10x lr - LAVT in mIoU: -0.012 / -0.020 / +0.014 in the recorded run (t -0.57); on the first version of the
-# scenes +0.000 (t 0.04) in one run, -0.012 / -0.041 / -0.037 on two CI-like machines (t -3.2)
-SAME = 0.05
+# Stage 1's gate at GATE_LR_FACTOR times the lr on seed 0: 0.159 in the recorded run (0.008 at 1x), 20 times
+# as far; how far it opens moves with the seed and the machine (0.153-0.867 on seeds 0-2 of that run)
+WIDER = 10
+SAME = 0.05  # 10x lr - LAVT in mIoU on seed 0: -0.012 in the recorded run
 LINEAR = 0.95  # mean tanh slope 1 - S² of a gate in tanh's linear range
 SMALL = 0.25  # F_1's root mean square, as a share of F_3's (measured on seeds 0-2: 0.015-0.055)
 USED_AT_MOST = 0.1  # stage 1's mean |W_2| as a share of the schedule's Σ lr (measured: 0.026)
@@ -128,14 +128,15 @@ def lavt_runs() -> dict[int, dict[str, dict]]:
             unseen = load_referring_scenes("unseen", seed=seed)
             unseen["new"] = new_expressions(unseen, train)
             edited, runs[seed] = counterfactual_scenes(test), {}
-            for name, (fusion, gate_lr_factor, cache_name) in MODELS.items():
+            models = MODELS | (DIAGNOSIS if seed == DIAGNOSIS_SEED else {})
+            for name, (fusion, gate_lr_factor, cache_name) in models.items():
                 config = lavt_training(seed, gate_lr_factor=gate_lr_factor)
                 model, _ = train_lavt(cache_name, train, config, fusion, minilm, progress=False)
                 runs[seed][name] = _run(model, test, edited, unseen)
             print(f"seed {seed}:", {name: _summary(run) for name, run in runs[seed].items()})  # pytest -s
             overall = {name: {**{key: run["scores"]["all"][key] for key in ("miou", "oiou")},
                               "unseen_miou": run["unseen"], "unseen_new_miou": run["unseen_new"]}
-                       for name, run in runs[seed].items()}
+                       for name, run in runs[seed].items() if name in MODELS}
             record_sweep("lavt", seed, overall, "07", "miou", "notebook 07's recipe")
     finally:
         torch.set_num_threads(threads)
@@ -180,14 +181,15 @@ def test_07_objects_of_unseen_combinations_are_found_far_less_well(lavt_runs):
 
 def test_07_the_early_gates_stay_nearly_shut_in_tanhs_linear_range_and_open_at_a_higher_lr(lavt_runs):
     for seed, runs in lavt_runs.items():
-        lavt, faster = runs["LAVT"]["pathway"], runs["LAVT, gates at 10x lr"]["pathway"]
+        lavt = runs["LAVT"]["pathway"]
         assert lavt["opening"][0] < SHUT and lavt["opening"][-1] > OPEN, (seed, lavt)
         assert lavt["slope"][0] > LINEAR, (seed, lavt)
         assert lavt["fused"][0] < SMALL * lavt["fused"][-1], (seed, lavt)
         room = total_learning_rate(lavt_training(seed), REFERRING_SPLIT_SIZES["train"])  # Σ lr: 0.47
         assert lavt["gate_weight"][0] < USED_AT_MOST * room, (seed, room, lavt)
-        assert faster["opening"][0] > WIDER * lavt["opening"][0], (seed, lavt, faster)
-    mean_opening = sum(runs["LAVT, gates at 10x lr"]["pathway"]["opening"][0] for runs in lavt_runs.values())
-    assert mean_opening / len(lavt_runs) > OPENED, lavt_runs
-    opened = _difference(lavt_runs, "LAVT, gates at 10x lr", "LAVT")
-    assert not (opened.significant and opened.mean > 0) and abs(opened.mean) < SAME, opened
+    runs = lavt_runs[DIAGNOSIS_SEED]
+    lavt, faster = runs["LAVT"], runs[FASTER_GATES]
+    assert faster["pathway"]["opening"][0] > WIDER * lavt["pathway"]["opening"][0], (lavt, faster)
+    gained = faster["scores"]["all"]["miou"] - lavt["scores"]["all"]["miou"]
+    print(f"seed {DIAGNOSIS_SEED}: {FASTER_GATES} - LAVT: {gained:+.3f} mIoU")  # pytest -s
+    assert gained < SAME, (gained, lavt, faster)
