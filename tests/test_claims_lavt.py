@@ -16,7 +16,7 @@ weights at ``GATE_LR_FACTOR`` times the learning rate (everything else as LAVT's
   least ``FOLLOW_SHARE`` of what the same model reaches on the original expressions of the same scenes,
   and its IoU with the original target at most ``STAY_AT_MOST``.  Objects do not overlap, so a mask that
   ignored the edit would score about 0 on the first and its ordinary IoU (0.58-0.64) on the second.
-- **Early fusion adds nothing detectable; pixel-word attention beats a sentence vector on relations.**
+- **Early fusion adds nothing detectable; pixel-word attention leads a sentence vector on relations.**
   Against its gates-closed control (the same PWAM features, to the decoder only) LAVT does not lead on
   every seed, is not detectably ahead (paired t-test over the three seeds, ``paired_difference``), and its
   mean is not above the control's by more than ``NOT_AHEAD`` (recorded run: -0.041 / -0.007 / -0.042).
@@ -33,12 +33,12 @@ weights at ``GATE_LR_FACTOR`` times the learning rate (everything else as LAVT's
   under ``SMALL`` of F_3's), so weights of similar size open it far less; and its W_2 moved little: mean
   |w| under ``USED_AT_MOST`` of Σ lr, how far AdamW could carry a weight whose gradient kept one sign (the
   loss gave it no consistent push).  On seed 0, at ``GATE_LR_FACTOR`` times the learning rate the same gate
-  opens at least ``WIDER`` times as far as at 1x, and the score does not rise by more than ``SAME``: the
-  gates can open.  One seed shows that; it cannot rank the two recipes, so the score difference is a bound,
-  not a comparison.  (A recorded run of
-  the diagnosis on all three seeds, 3 December 2026, 1 thread: stage 1 opened to 0.159 / 0.153 / 0.867
-  against 0.008 / 0.007 / 0.004 at 1x, and mIoU moved by -0.012 / -0.020 / +0.014, paired t -0.57.  Seeds 1
-  and 2 of the diagnosis cost 7 minutes of the CI budget, which the three-seed comparisons need more.)
+  opens at least ``WIDER`` times as far as at 1x and past ``SHUT``, and the score does not rise by more than
+  ``SAME``: the gates can open.  One seed shows that; it cannot rank the two recipes, so the score difference
+  is a bound, not a comparison.  (A recorded run of the diagnosis on all three seeds, 3 December 2026, 1
+  thread: stage 1 opened to 0.159 / 0.153 / 0.867 against 0.008 / 0.007 / 0.004 at 1x, and mIoU moved by
+  -0.012 / -0.020 / +0.014, paired t -0.57: no detectable change.  Seeds 1 and 2 of the diagnosis cost 7
+  minutes of the CI budget, which the three-seed comparisons need more.)
 
 Seed 0's LAVT, gates-closed and late-fusion models are the notebook's own run, trained in the shared cache
 (``data/models``, at the notebooks' thread count, ``use_threads``): whichever of this test and the notebook
@@ -83,7 +83,9 @@ FOLLOW_SHARE = 0.8  # of the IoU on the original expressions
 STAY_AT_MOST = 0.15
 SHUT, OPEN = 0.05, 0.2  # mean |S_i| of a gate nearly shut (measured at stage 1: 0.004-0.008), and open
 # Stage 1's gate at GATE_LR_FACTOR times the lr on seed 0: 0.159 in the recorded run (0.008 at 1x), 20 times
-# as far; how far it opens moves with the seed and the machine (0.153-0.867 on seeds 0-2 of that run)
+# as far, the least of that run's three seeds (0.153-0.867 on seeds 0-2, 20-217 times); on the first version
+# of the scenes 31-197 times on two CI-like machines, and 0.165 on seed 0 on a third.  Seed 0 is the one kept:
+# its 1x models are notebook 07's, and exercise 3 trains the same 10x model
 WIDER = 10
 SAME = 0.05  # 10x lr - LAVT in mIoU on seed 0: -0.012 in the recorded run
 LINEAR = 0.95  # mean tanh slope 1 - S² of a gate in tanh's linear range
@@ -189,7 +191,8 @@ def test_07_the_early_gates_stay_nearly_shut_in_tanhs_linear_range_and_open_at_a
         assert lavt["gate_weight"][0] < USED_AT_MOST * room, (seed, room, lavt)
     runs = lavt_runs[DIAGNOSIS_SEED]
     lavt, faster = runs["LAVT"], runs[FASTER_GATES]
-    assert faster["pathway"]["opening"][0] > WIDER * lavt["pathway"]["opening"][0], (lavt, faster)
+    opened = faster["pathway"]["opening"][0]
+    assert opened > WIDER * lavt["pathway"]["opening"][0] and opened > SHUT, (lavt, faster)
     gained = faster["scores"]["all"]["miou"] - lavt["scores"]["all"]["miou"]
     print(f"seed {DIAGNOSIS_SEED}: {FASTER_GATES} - LAVT: {gained:+.3f} mIoU")  # pytest -s
     assert gained < SAME, (gained, lavt, faster)
