@@ -155,7 +155,7 @@ def test_the_seed_sweeps_are_grouped_into_even_shares_of_their_recorded_cost():
     groups = chains.sweep_groups(2)
     costs = [sum(seconds for path, seconds in chains.SWEEP_SECONDS.items() if groups[path] == group)
              for group in (0, 1)]
-    assert max(costs) < 1.05 * sum(costs) / 2, costs  # recorded: 2,320 and 2,350 s
+    assert max(costs) < 1.06 * sum(costs) / 2, costs  # whole files: 2,600 and 2,350 s
     for workers in (2, 3):
         scopes = {chains.scope_of(f"{path}::test_x", workers) for path in sweeps}
         assert scopes == {f"sweeps {group}" for group in range(workers)}, scopes  # none idle
