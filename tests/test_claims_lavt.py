@@ -33,8 +33,8 @@ weights at ``GATE_LR_FACTOR`` times the learning rate (everything else as LAVT's
   under ``SMALL`` of F_3's), so weights of similar size open it far less; and its W_2 moved little: mean
   |w| under ``USED_AT_MOST`` of Σ lr, how far AdamW could carry a weight whose gradient kept one sign (the
   loss gave it no consistent push).  On seed 0, at ``GATE_LR_FACTOR`` times the learning rate the same gate
-  opens at least ``WIDER`` times as far as at 1x and past ``SHUT``, and the score does not rise by more than
-  ``SAME``: the gates can open.  One seed shows that; it cannot rank the two recipes, so the score difference
+  opens at least ``WIDER`` times as far as at 1x and past ``SHUT``, and the score stays within ``SAME`` of
+  LAVT's: the gates can open.  One seed shows that; it cannot rank the two recipes, so the score difference
   is a bound, not a comparison.  (A recorded run of the diagnosis on all three seeds, 3 December 2026, 1
   thread: stage 1 opened to 0.159 / 0.153 / 0.867 against 0.008 / 0.007 / 0.004 at 1x, and mIoU moved by
   -0.012 / -0.020 / +0.014, paired t -0.57: no detectable change.  Seeds 1 and 2 of the diagnosis cost 7
@@ -195,4 +195,4 @@ def test_07_the_early_gates_stay_nearly_shut_in_tanhs_linear_range_and_open_at_a
     assert opened > WIDER * lavt["pathway"]["opening"][0] and opened > SHUT, (lavt, faster)
     gained = faster["scores"]["all"]["miou"] - lavt["scores"]["all"]["miou"]
     print(f"seed {DIAGNOSIS_SEED}: {FASTER_GATES} - LAVT: {gained:+.3f} mIoU")  # pytest -s
-    assert gained < SAME, (gained, lavt, faster)
+    assert abs(gained) < SAME, (gained, lavt, faster)
