@@ -14,6 +14,8 @@ as they can be (``sweep_groups``): xdist's own order (files by number of tests, 
 worker while it still has two tests to run) put 47 of the 78 minutes on one of two workers.
 """
 
+from collections.abc import Collection
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 
@@ -39,10 +41,11 @@ def chain_of(notebook: Path) -> str:
                      f"got {notebook.name}")
 
 
-def sweep_groups(workers: int) -> dict[str, int]:
-    """Each seed-sweep file's group, for ``workers`` workers: the grouping whose costliest group costs least
-    (every grouping tried: at most ``workers ** 5``, and only while there are fewer workers than files)."""
-    files = list(SWEEP_SECONDS)
+def sweep_groups(workers: int, files: Collection[str] = SWEEP_SECONDS) -> dict[str, int]:
+    """Each seed-sweep file of ``files`` (those this run collected) its group, for ``workers`` workers: the
+    grouping whose costliest group costs least (every grouping tried: at most ``workers ** 5``, and only
+    while there are fewer workers than files)."""
+    files = [path for path in SWEEP_SECONDS if path in files]
     if workers >= len(files):
         return {path: group for group, path in enumerate(files)}
 
@@ -53,20 +56,26 @@ def sweep_groups(workers: int) -> dict[str, int]:
     return dict(zip(files, min(product(range(workers), repeat=len(files)), key=costliest), strict=True))
 
 
-def scope_of(nodeid: str, workers: int) -> str:
-    """What one of ``workers`` workers runs together: a notebook's chain, a group of seed-sweep files, or any
-    other test's file (its module fixtures, the seed sweeps' trained models, are built once)."""
+def scope_of(nodeid: str, workers: int, sweeps: Collection[str] = SWEEP_SECONDS) -> str:
+    """What one of ``workers`` workers runs together: a notebook's chain, a group of the collected seed-sweep
+    files ``sweeps``, or any other test's file (its module fixtures, the seed sweeps' trained models, are
+    built once)."""
     path = nodeid.split("::", 1)[0]
     if path.startswith("notebooks/") and path.endswith(".ipynb"):
         return chain_of(Path(path))
     if path in SWEEP_SECONDS:
-        return f"sweeps {sweep_groups(workers)[path]}"
+        return f"sweeps {sweep_groups(workers, sweeps)[path]}"
     return path
 
 
 class NotebookChainScheduling(LoadFileScheduling):
+    @cached_property
+    def collected_sweeps(self) -> set[str]:
+        """The seed-sweep files this run collected (``.ci/run`` leaves LAVT's out)."""
+        return {nodeid.split("::", 1)[0] for nodeid in self.collection} & SWEEP_SECONDS.keys()
+
     def _split_scope(self, nodeid: str) -> str:
-        return scope_of(nodeid, self.numnodes)
+        return scope_of(nodeid, self.numnodes, self.collected_sweeps)
 
 
 @pytest.hookimpl(optionalhook=True)
