@@ -153,20 +153,20 @@ def test_the_seed_sweeps_are_grouped_into_even_shares_of_their_recorded_cost():
     chains = _chains()
     sweeps = {f"tests/{path.name}" for path in (NOTEBOOKS[0].parent.parent / "tests").glob("test_claims*.py")}
     assert set(chains.SWEEP_SECONDS) == sweeps  # every sweep file has a recorded cost
-    rest = sweeps - {"tests/test_claims_lavt.py"}  # what .ci/run runs (LAVT's by hand)
-    for collected in (sweeps, rest):
-        groups = chains.sweep_groups(2, collected)
-        assert set(groups) == collected, groups
-        costs = [sum(chains.SWEEP_SECONDS[path] for path in collected if groups[path] == group)
-                 for group in (0, 1)]
-        # whole files cannot always split evenly; no other split of them has a shorter longer share
+    left_out = set(re.findall(r"--ignore=(\S+)", (NOTEBOOKS[0].parent.parent / ".ci" / "run").read_text()))
+    assert left_out and left_out < sweeps, left_out  # CI leaves LAVT's out
+    for collected in (sweeps, sweeps - left_out):
+        # the scheduler itself, handed this run's collection: whole files, no other split of them with a
+        # shorter longer share (whole files cannot always split evenly)
+        scheduler = object.__new__(chains.NotebookChainScheduling)
+        scheduler.numnodes, scheduler.collection = 2, [f"{path}::test_x" for path in sorted(collected)]
+        scopes = {path: scheduler._split_scope(f"{path}::test_x") for path in collected}
+        assert set(scopes.values()) == {"sweeps 0", "sweeps 1"}, scopes  # neither worker idle
+        costs = [sum(chains.SWEEP_SECONDS[path] for path in collected if scopes[path] == scope)
+                 for scope in ("sweeps 0", "sweeps 1")]
         splits = (sum(chains.SWEEP_SECONDS[path] for path in subset)
                   for size in range(len(collected) + 1) for subset in combinations(sorted(collected), size))
         assert max(costs) == min(max(part, sum(costs) - part) for part in splits), costs
-        assert max(costs) < 1.06 * sum(costs) / 2, costs
-    for workers in (2, 3):
-        scopes = {chains.scope_of(f"{path}::test_x", workers) for path in sweeps}
-        assert scopes == {f"sweeps {group}" for group in range(workers)}, scopes  # none idle
-        scopes = {chains.scope_of(f"{path}::test_x", workers, rest) for path in rest}
-        assert scopes == {f"sweeps {group}" for group in range(workers)}, scopes  # none idle without LAVT's
+        scopes = {chains.scope_of(f"{path}::test_x", 3, collected) for path in collected}
+        assert scopes == {f"sweeps {group}" for group in range(3)}, scopes  # none idle at 3 workers either
     assert sorted(chains.sweep_groups(len(sweeps)).values()) == list(range(len(sweeps)))  # one file each
