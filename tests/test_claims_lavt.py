@@ -1,8 +1,8 @@
 """The claims notebook 07 (LAVT) makes, re-checked over three seeds with the notebook's recipe.
 
-CI (``.ci/run``) leaves this sweep out: it takes about 26 minutes of one core (the seven models it trains beyond
-notebook 07's, their data and their scoring), and with it CI ran past its 90 minutes.  Run it by hand: ``pytest -m claims
-tests/test_claims_lavt.py``.
+CI (``.ci/run``) leaves this sweep out: it takes about 26 minutes of one core (the seven models it trains
+beyond notebook 07's, their data and their scoring), and with it CI ran past its 90 minutes.  Run it by
+hand: ``pytest -m claims tests/test_claims_lavt.py``.
 
 Training and test scenes, initialisation and shuffling all change with the seed.  Each seed trains LAVT and
 its two controls, all reading the expression through the frozen MiniLM, 10 epochs on 3,000 scenes, scored
