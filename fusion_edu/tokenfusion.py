@@ -2,11 +2,11 @@
 
 Homogeneous (pixel-aligned) modalities, one shared transformer run once per modality.  Before each
 layer l a small MLP scores every token of every modality, s^l(e) in [0, 1]; the scores multiply the
-attention output so that they receive gradient (Eq. 4); an l1 penalty pushes them towards zero
-(Eq. 5); and a token whose score falls below theta is *substituted* by the aligned token of another
-modality (Eq. 6), so that an uninformative token (glare, a depth hole) is replaced by one that
-still sees the scene.  Residual Positional Alignment re-adds the positional embedding before every
-layer (Sec. 3.3), so a substituted token keeps its position.
+attention, so that they receive gradient (Eq. 4; the official code multiplies its output); an l1
+penalty pushes them towards zero (Eq. 5); and a token whose score falls below theta is *substituted*
+by the aligned token of another modality (Eq. 6), so that an uninformative token (glare, a depth
+hole) is replaced by one that still sees the scene.  Residual Positional Alignment re-adds the
+positional embedding before every layer (Sec. 3.3).
 
 Where the paper is vague this module follows the official code (yikaiw/TokenFusion, semantic
 segmentation), and says so where it does:
@@ -17,9 +17,17 @@ segmentation), and says so where it does:
   before every layer; ``predictor_per_layer=True`` gives the paper's s^l, one per layer);
 - the l1 term is lambda * sum |s| over every token, image, layer and modality (a *sum*, so lambda's
   scale depends on the number of tokens and the batch size); theta = 0.02;
+- the official code multiplies the scores into the attention *output*, s * MSA(LN(e))
+  (``score_at="output"``); the paper's Eq. 4 as written multiplies them into its input, MSA(LN(e) * s)
+  (``score_at="input"``; the official ``Block`` keeps this line commented out);
 - the official code substitutes the *scored attention outputs* inside the attention block
   (``placement="attention"``); the paper's Eq. 6 substitutes the layer *inputs*
-  (``placement="input"``);
+  (``placement="input"``): the scores still read the tokens with this layer's positional embedding,
+  the substitute is the donor's token without it, and RPA then adds the *receiving* modality's
+  embedding (from the second layer on, the donor's stream also carries the stop-gradient copies that
+  earlier layers added); ``PAPER_FORM`` combines the two literal forms.  With ``score_at="input"`` a
+  score near 0 does not silence a token: its query, key and value fall to the biases and it still
+  receives a full attention output;
 - shared attention and MLP weights with modality-specific LayerNorms (``share_weights=False`` gives
   each modality its own layers), and the prediction is a learned ensemble of the per-modality heads.
 
@@ -52,6 +60,7 @@ from .vit import NUM_PREFIX_TOKENS, POS_STD, DenseHead, VisionTransformer
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "PAPER_FORM",
     "ScorePredictor",
     "TokenFusion",
     "TokenFusionLayer",
@@ -70,6 +79,10 @@ __all__ = [
 
 DEFAULT_THRESHOLD = 0.02  # theta, as in the paper and the official code
 SHARED = "shared"  # the key of the one LayerNorm all modalities use when norms are shared
+# The paper's literal form: Eq. 4 as written (scores on the MSA input) and Eq. 6 on the layer inputs, with
+# RPA after the substitution; the defaults are the official code's (scores on the MSA output, substitution
+# of the scored MSA outputs).
+PAPER_FORM = {"placement": "input", "score_at": "input"}
 
 
 class ScorePredictor(nn.Module):
@@ -167,9 +180,12 @@ def substitute_tokens(tokens: Mapping[str, Tensor], scores: Mapping[str, Tensor]
 
 class TokenFusionLayer(nn.Module):
     """One transformer layer run on every modality with shared MSA and MLP weights and
-    modality-specific LayerNorms (official ``LayerNormParallel``), scores applied as in Eq. 4:
+    modality-specific LayerNorms (official ``LayerNormParallel``), scores applied as in Eq. 4, on
+    the MSA output as the official code does (``score_at="output"``) or on its input as the paper
+    writes it (``score_at="input"``):
 
-        e'_m = e_m + s_m * MSA(LN1_m(e_m)),     e''_m = e'_m + MLP(LN2_m(e'_m))
+        e'_m = e_m + s_m * MSA(LN1_m(e_m))   or   e'_m = e_m + MSA(LN1_m(e_m) * s_m),
+        e''_m = e'_m + MLP(LN2_m(e'_m))
 
     With ``placement="attention"`` (official code) the low-score tokens of the scored MSA output
     s_m * MSA(...) are substituted before the residual add; with ``placement="input"`` (paper,
@@ -177,15 +193,22 @@ class TokenFusionLayer(nn.Module):
     """
 
     def __init__(self, modalities: Sequence[str], dim: int, num_heads: int, mlp_ratio: float = 4.0,
-                 share_weights: bool = True, share_norms: bool = False) -> None:
+                 share_weights: bool = True, share_norms: bool = False,
+                 score_at: Literal["output", "input"] = "output") -> None:
         super().__init__()
-        self.modalities = list(modalities)
+        if score_at not in ("output", "input"):
+            raise ValueError(f"score_at must be 'output' (official) or 'input' (paper), got {score_at!r}")
+        self.modalities, self.score_at = list(modalities), score_at
         copies = 1 if share_weights else len(self.modalities)
         self.attn = nn.ModuleList(Attention(dim, num_heads) for _ in range(copies))
         self.mlp = nn.ModuleList(Mlp(dim, int(dim * mlp_ratio)) for _ in range(copies))
         norm_names = [SHARED] if share_norms else self.modalities
         self.norm1 = nn.ModuleDict({n: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for n in norm_names})
         self.norm2 = nn.ModuleDict({n: nn.LayerNorm(dim, eps=LAYER_NORM_EPS) for n in norm_names})
+
+    def extra_repr(self) -> str:
+        """Where Eq. 4's scores multiply (part of a cached model's key)."""
+        return f"score_at={self.score_at!r}"
 
     def _weights(self, index: int) -> tuple[Attention, Mlp, nn.LayerNorm, nn.LayerNorm]:
         """The attention, MLP and two LayerNorms modality ``index`` runs through."""
@@ -203,8 +226,14 @@ class TokenFusionLayer(nn.Module):
         attended, attention = {}, {}
         for index, modality in enumerate(self.modalities):
             attn, _, norm1, _ = self._weights(index)
-            out, attention[modality] = attn(norm1(tokens[modality]), return_attention=return_attention)
-            attended[modality] = out * scores[modality][..., None]  # Eq. 4
+            score = scores[modality][..., None]  # b n 1
+            normed = norm1(tokens[modality])
+            if self.score_at == "input":  # Eq. 4 as the paper writes it: MSA(LN(e) * s)
+                out, attention[modality] = attn(normed * score, return_attention=return_attention)
+                attended[modality] = out
+            else:  # the official code: s * MSA(LN(e))
+                out, attention[modality] = attn(normed, return_attention=return_attention)
+                attended[modality] = out * score
         masks = None
         if substitute is not None:
             attended, masks = substitute_tokens(
@@ -235,7 +264,10 @@ class TokenFusion(nn.Module):
     ``threshold`` is theta; ``substitution=False`` keeps the whole architecture (scores, Eq. 4,
     l1) but never exchanges, the ablation that isolates what the exchange adds; ``rpa=False``
     adds the positional embedding only once, at the input; ``share_weights=False`` gives every
-    modality its own layers; ``share_norms=True`` one LayerNorm for all modalities.
+    modality its own layers; ``share_norms=True`` one LayerNorm for all modalities.  ``placement``
+    and ``score_at`` choose the official code's form (the defaults) or the paper's literal one
+    (``PAPER_FORM``: Eq. 6 on the layer inputs, each modality's positional embedding re-added after
+    the substitution, and Eq. 4's scores on the MSA input).
     """
 
     def __init__(self, modalities: Mapping[str, int], img_size: int = 32, patch_size: int = 4,
@@ -245,7 +277,8 @@ class TokenFusion(nn.Module):
                  placement: Literal["attention", "input"] = "attention",
                  substitution: bool = True, rpa: bool = True, share_weights: bool = True,
                  share_norms: bool = False, predictor_per_layer: bool = False,
-                 allocation_seed: int = 0, random_substitution: bool = False) -> None:
+                 allocation_seed: int = 0, random_substitution: bool = False,
+                 score_at: Literal["output", "input"] = "output") -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"fusion needs at least two modalities, got {list(modalities)}")
@@ -269,7 +302,7 @@ class TokenFusion(nn.Module):
             for _ in range(predictors))
         self.layers = nn.ModuleList(
             TokenFusionLayer(self.modalities, embed_dim, num_heads, mlp_ratio, share_weights,
-                             share_norms)
+                             share_norms, score_at)
             for _ in range(depth))
         self.norms = nn.ModuleDict({m: nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
                                     for m in modalities})
@@ -325,6 +358,11 @@ class TokenFusion(nn.Module):
         """RPA: the positional embedding with gradient at the first layer, stop-gradient after."""
         return {m: p if layer == 0 else p.detach() for m, p in self.pos_embeds.items()}
 
+    def _add_positions(self, tokens: Mapping[str, Tensor], layer: int) -> dict[str, Tensor]:
+        """Each modality's tokens ``b n d`` plus its own positional embedding (RPA, Sec. 3.3)."""
+        positions = self._positions(layer)
+        return {m: t + positions[m] for m, t in tokens.items()}
+
     def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False
                 ) -> TokenFusionOutput:
         images = aligned_modalities(inputs, self.modalities)
@@ -332,16 +370,18 @@ class TokenFusion(nn.Module):
         exchange = {"threshold": self.threshold, "allocation": self.allocation}
         all_scores, all_masks, all_attention = [], [], []
         for index, layer in enumerate(self.layers):
-            if index == 0 or self.rpa:
-                positions = self._positions(index)
-                tokens = {m: t + positions[m] for m, t in tokens.items()}
+            add_positions = index == 0 or self.rpa
+            positioned = self._add_positions(tokens, index) if add_positions else tokens
             predictor = self.score_predictors[index % len(self.score_predictors)]
-            scores = {m: predictor[m](t) for m, t in tokens.items()}  # b n each
+            scores = {m: predictor[m](t) for m, t in positioned.items()}  # b n each
             chooser = ({m: shuffle_tokens(s) for m, s in scores.items()} if self.random_substitution
                        else scores)
             masks = None
             if self.substitution and self.placement == "input":
-                tokens, masks = substitute_tokens(tokens, chooser, **exchange)  # Eq. 6
+                tokens, masks = substitute_tokens(tokens, chooser, **exchange)  # Eq. 6, before RPA
+                tokens = self._add_positions(tokens, index) if add_positions else tokens  # receiver's PE
+            else:
+                tokens = positioned
             inside = exchange if self.substitution and self.placement == "attention" else None
             tokens, inner_masks, attention = layer(tokens, scores, inside, return_attention, chooser)
             all_scores.append(scores)

@@ -18,6 +18,12 @@ trained once and shared by the tests of both notebooks.
   in one recorded run).  A layer that exchanges most of its tokens cannot be selective (substituting a
   share s, it can land on damage at most 1/s times the random rate), and how much each layer exchanges
   moves with the machine: the rule does not ask for a layer under a quarter.
+- 03b: TokenFusion's two forms, the official code's and the paper's literal one, against the same model
+  that never exchanges, each fine-tuned in notebook 03b's short run from this seed's single-modal models
+  (recorded in ``fusion_edu/sweeps/tokenfusion_forms.json``, which notebook 03b plots).  The paper form
+  trails the official one on every seed, by ``FORM_GAP`` on average (0.065-0.117 in the recorded run), and
+  no exchange on every seed; the official form does not lead no exchange (a paired t-test finds no lead;
+  recorded: -0.042, -0.020, -0.001).  The last test compares the seeds once all three have run.
 """
 
 from dataclasses import replace
@@ -27,8 +33,17 @@ import torch
 
 from fusion_edu.concat import LateFusion, TokenConcatFusion, cross_modal_attention
 from fusion_edu.datasets import VISIBILITY, corrupted_patches, load_rgbd_scenes
-from fusion_edu.metrics import grouped_accuracy
-from fusion_edu.recipes import RGBD_CHANNELS, RGBD_VIT, TOKENFUSION, tokenfusion_training
+from fusion_edu.metrics import grouped_accuracy, paired_difference
+from fusion_edu.recipes import (
+    OFFICIAL_LAMBDA,
+    RGBD_CHANNELS,
+    RGBD_VIT,
+    SHORT_RUN_SCENES,
+    TOKENFUSION,
+    TOKENFUSION_FORMS,
+    short_run_training,
+    tokenfusion_training,
+)
 from fusion_edu.sweeps import record_sweep
 from fusion_edu.tokenfusion import (
     TokenFusion,
@@ -55,6 +70,12 @@ SELECTIVE = 0.25  # a layer exchanging at most this share of depth's tokens: its
 ODDS = 2.0  # P(substituted | damaged) against P(substituted | clean), in depth's least-exchanging layer
 RECIPE = (f"{TRAIN_SCENES:,} training / {TEST_SCENES} test scenes; single-modal models and token concat 8 "
           "epochs, late fusion 1, TokenFusion fine-tuned 3 (smaller than notebooks 01-03)")
+FORMS_RECIPE = (f"notebook 03b's short run (1 epoch on the first {SHORT_RUN_SCENES:,} training scenes, "
+                f"lambda {OFFICIAL_LAMBDA:g}) from the single-modal models of the RGB-D sweep "
+                f"({TRAIN_SCENES:,} scenes, 8 epochs); {TEST_SCENES} test scenes")
+SHORT_RUN = {**TOKENFUSION, "lambda_l1": OFFICIAL_LAMBDA}  # 03b's short run; each form adds options
+FORM_SCORES: dict[int, dict[str, float]] = {}  # seed -> form -> test mIoU, filled seed by seed
+FORM_GAP = 0.03  # mean mIoU by which the paper form must trail the official one (measured: 0.087)
 
 
 def _record(seed: int, rows: dict[str, float]) -> None:
@@ -158,3 +179,36 @@ def test_03_tokenfusion_exchanges_tokens_beats_the_fusions_and_finds_damaged_dep
               f"{pooled_on_corrupted(depth, selective) / depth['random'][0]:.1f}x the random rate")
     damaged, clean = substitution_rates(depth, least_exchanging_layer(depth))
     assert damaged > ODDS * clean, (damaged, clean, depth)
+
+
+def test_03b_the_official_and_the_paper_form_against_no_exchange(seeded_run):
+    seed, train, test, singles = (seeded_run[k] for k in ("seed", "train", "test", "singles"))
+    short_train = {key: value[:SHORT_RUN_SCENES] for key, value in train.items()}
+    patches = {m: corrupted_patches(test[f"{m}_corrupt"], VIT["patch_size"]) for m in RGBD_CHANNELS}
+    rows = {}
+    for form, options in TOKENFUSION_FORMS.items():
+        with seeded(seed):
+            model = TokenFusion(RGBD_CHANNELS, **VIT, **SHORT_RUN, **options)
+        model.load_single_modal(singles)
+        fit(model, short_train, config=short_run_training(seed), progress=False)
+        _, masks = token_scores_and_masks(model, test)
+        shares = {m: s["share"] for m, s in substitution_statistics(masks, patches).items()}
+        rows[form] = {"miou": evaluate(model, test)["miou"],
+                      **{f"{m} substituted": sum(share) / len(share) for m, share in shares.items()}}
+    record_sweep("tokenfusion_forms", seed, rows, "03b", "miou", FORMS_RECIPE)
+    FORM_SCORES[seed] = {form: row["miou"] for form, row in rows.items()}
+    print(f"seed {seed}:", {form: {k: round(v, 3) for k, v in row.items()} for form, row in rows.items()})
+    for form in ("official form", "paper form"):  # both exchange: the comparison is not with a dead model
+        assert rows[form]["depth substituted"] > 0, rows
+
+
+def test_03b_over_the_seeds_the_paper_form_trails_and_the_official_form_does_not_lead():
+    assert set(FORM_SCORES) == set(SEEDS), f"run every seed's forms first (this run: {sorted(FORM_SCORES)})"
+    official, paper, none = ([FORM_SCORES[seed][form] for seed in SEEDS]
+                             for form in ("official form", "paper form", "no exchange"))
+    lead, gap = paired_difference(official, none), paired_difference(official, paper)
+    print(f"official - no exchange {[round(d, 3) for d in lead.differences]} "
+          f"(detectable {lead.detectable:.3f}); official - paper {[round(d, 3) for d in gap.differences]}")
+    assert not (lead.significant and lead.mean > 0), lead
+    assert all(p < min(o, n) for p, o, n in zip(paper, official, none, strict=True)), (paper, official, none)
+    assert gap.mean > FORM_GAP, gap

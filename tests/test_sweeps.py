@@ -1,4 +1,4 @@
-"""The seed sweeps' recorded results (fusion_edu.sweeps), which notebook 08 reads."""
+"""The seed sweeps' recorded results (fusion_edu.sweeps), which notebooks 03b and 08 read."""
 
 import matplotlib.pyplot as plt
 import pytest
@@ -6,7 +6,8 @@ import pytest
 from fusion_edu.plotting import plot_seed_spread
 from fusion_edu.sweeps import SWEEPS_DIR, load_sweep, record_sweep, seed_spread
 
-RECORDED = {"rgbd": "01-03", "point_image": "04", "crossvit": "05", "mbt": "06", "lavt": "07"}
+RECORDED = {"rgbd": "01-03", "tokenfusion_forms": "03b", "point_image": "04", "crossvit": "05", "mbt": "06",
+            "lavt": "07"}
 
 
 def test_seeds_accumulate_and_a_seed_is_updated_in_place(tmp_path):

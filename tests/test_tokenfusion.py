@@ -5,6 +5,7 @@ import torch
 
 from fusion_edu.blocks import Block
 from fusion_edu.tokenfusion import (
+    PAPER_FORM,
     ScorePredictor,
     TokenFusion,
     TokenFusionLayer,
@@ -130,6 +131,49 @@ def test_layer_scores_scale_the_attention_output():
     zero, _, _ = layer(tokens, {m: torch.zeros(1, 4) for m in TWO})
     expected = tokens["rgb"] + layer.mlp[0](layer.norm2["rgb"](tokens["rgb"]))  # MSA term gone
     torch.testing.assert_close(zero["rgb"], expected)
+
+
+def test_paper_form_of_eq4_scores_the_attention_input():
+    """Eq. 4 as the paper writes it, e + MSA(LN(e) * s), then the MLP; not the official s * MSA(LN(e))."""
+    with seeded(0):
+        paper = TokenFusionLayer(TWO, dim=8, num_heads=2, score_at="input")
+    official = TokenFusionLayer(TWO, dim=8, num_heads=2)
+    official.load_state_dict(paper.state_dict())
+    tokens = {m: torch.randn(2, 5, 8) for m in TWO}
+    scores = {m: torch.rand(2, 5) for m in TWO}
+    out, _, _ = paper(tokens, scores)
+    for index, modality in enumerate(TWO):
+        attn, mlp, norm1, norm2 = paper._weights(index)
+        x = tokens[modality] + attn(norm1(tokens[modality]) * scores[modality][..., None])[0]
+        torch.testing.assert_close(out[modality], x + mlp(norm2(x)))
+    assert (out["rgb"] - official(tokens, scores)[0]["rgb"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"'output' \(official\) or 'input' \(paper\), got 'both'"):
+        TokenFusionLayer(TWO, dim=8, num_heads=2, score_at="both")
+
+
+def test_input_placement_substitutes_before_rpa_so_each_token_keeps_its_own_position():
+    """Eq. 6 on the layer inputs, then each modality's positional embedding: a substituted token is the
+    donor's token plus the *receiving* modality's position."""
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, **PAPER_FORM)
+    assert [layer.score_at for layer in model.layers] == ["input"] * 2 and "score_at='input'" in repr(model)
+    with torch.no_grad():
+        model.pos_embeds["rgb"].fill_(10.0)
+        model.pos_embeds["depth"].fill_(-10.0)
+    low = torch.zeros(2, 16)
+    low[:, 3] = 1  # only token 3 of each image scores above theta
+    model.score_predictors[0]["rgb"].forward = lambda tokens: low  # rgb's token 3 kept, the rest substituted
+    model.score_predictors[0]["depth"].forward = lambda tokens: torch.ones(2, 16)  # depth keeps all
+    seen = []
+    model.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    inputs = _inputs()
+    output = model(inputs)
+    embedded = {m: model.patch_embeds[m](inputs[m]) for m in TWO}  # b n d, before any position
+    substituted = output.substituted[0]["rgb"]
+    assert not substituted[:, 3].any() and substituted[:, 4].all()
+    torch.testing.assert_close(seen[0]["rgb"][:, 4], embedded["depth"][:, 4] + 10.0)  # depth's, rgb's PE
+    torch.testing.assert_close(seen[0]["rgb"][:, 3], embedded["rgb"][:, 3] + 10.0)
+    torch.testing.assert_close(seen[0]["depth"], embedded["depth"] - 10.0)
 
 
 def test_weight_and_norm_sharing_options():
