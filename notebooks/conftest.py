@@ -26,8 +26,9 @@ CHAINS = {"rgbd_crossvit": ("00", "01", "02", "03", "05"), "points_audio_languag
 # Seconds each seed-sweep file took in one run on a 2-core machine, 2 workers at 1 thread each (--durations).
 # LAVT's is estimated: its seven models' recorded training times (1,435 s, both cores busy) and about 150 s of
 # data and scoring, since its diagnosis runs on seed 0 only and the scenes are version 2. The RGB-D file's adds an
-# estimated 160 s for notebook 03b's forms (nine short fine-tunes: 305 s measured with a third process running)
-SWEEP_SECONDS = {"tests/test_claims_lavt.py": 1590, "tests/test_claims.py": 1300,
+# estimated 130 s for notebook 03b's forms (nine short fine-tunes and their scoring: 57-58 s a seed, measured on a
+# slower day)
+SWEEP_SECONDS = {"tests/test_claims_lavt.py": 1590, "tests/test_claims.py": 1270,
                  "tests/test_claims_tokenfusion_heterogeneous.py": 1010, "tests/test_claims_mbt.py": 736,
                  "tests/test_claims_crossvit.py": 474}
 
