@@ -27,7 +27,9 @@ segmentation), and says so where it does:
   embedding (from the second layer on, the donor's stream also carries the stop-gradient copies that
   earlier layers added); ``PAPER_FORM`` combines the two literal forms.  With ``score_at="input"`` a
   score near 0 does not silence a token: its query, key and value fall to the biases and it still
-  receives a full attention output;
+  receives a full attention output.  The paper does not say which score a substituted input carries
+  into Eq. 4; here it is the receiving token's own (below theta), so under ``PAPER_FORM`` a substitute
+  enters the attention scaled nearly to zero and reaches the layer through the residual stream;
 - shared attention and MLP weights with modality-specific LayerNorms (``share_weights=False`` gives
   each modality its own layers), and the prediction is a learned ensemble of the per-modality heads.
 
@@ -188,8 +190,9 @@ class TokenFusionLayer(nn.Module):
         e''_m = e'_m + MLP(LN2_m(e'_m))
 
     With ``placement="attention"`` (official code) the low-score tokens of the scored MSA output
-    s_m * MSA(...) are substituted before the residual add; with ``placement="input"`` (paper,
-    Eq. 6) the caller substitutes the layer inputs and this layer does not exchange.
+    (s_m * MSA(...), or MSA(... * s_m)) are substituted before the residual add; with
+    ``placement="input"`` (paper, Eq. 6) the caller substitutes the layer inputs and this layer does
+    not exchange.
     """
 
     def __init__(self, modalities: Sequence[str], dim: int, num_heads: int, mlp_ratio: float = 4.0,
