@@ -37,6 +37,7 @@ __all__ = [
     "plot_metric_vs_cost",
     "plot_point_substitution",
     "plot_referring",
+    "plot_seed_curves",
     "plot_seed_spread",
     "plot_segmentations",
     "plot_token_scores",
@@ -476,25 +477,57 @@ def plot_metric_vs_cost(results: Sequence[Result], cost: str = "mflops") -> Figu
     return fig
 
 
-def plot_seed_spread(sweeps: Sequence[Mapping]) -> Figure:
+def plot_seed_spread(sweeps: Sequence[Mapping], models: Sequence[str] | None = None) -> Figure:
     """One panel per recorded seed sweep (``fusion_edu.sweeps.load_sweep``): each model's metric as its mean
     over the seeds (a bar), the lowest to the highest seed (a black line) and every seed (a dot), on an
-    axis from zero."""
+    axis from zero; ``models`` (default: every recorded one) chooses which, in that order."""
     if not sweeps:
         raise ValueError("expected at least one recorded sweep to plot, got none")
     fig, axes = _task_panels(len(sweeps), panel_height=3.4)
     for ax, sweep in zip(axes, sweeps, strict=True):
-        models = list(next(iter(sweep["seeds"].values())))
-        spreads = [seed_spread(sweep, model) for model in models]
-        positions = np.arange(len(models))
+        names = list(models or next(iter(sweep["seeds"].values())))
+        spreads = [seed_spread(sweep, model) for model in names]
+        positions = np.arange(len(names))
         ax.bar(positions, [spread.mean for spread in spreads], color=_PALETTE[3], alpha=0.45, width=0.6)
         ax.vlines(positions, [spread.low for spread in spreads], [spread.high for spread in spreads],
                   color="black", linewidth=1.2)
         for position, spread in zip(positions, spreads, strict=True):
             ax.scatter([position] * len(spread.values), spread.values, s=9, color="black", zorder=3)
-        ax.set_xticks(positions, [textwrap.fill(model.replace("_", " "), 14) for model in models], fontsize=7,
+        ax.set_xticks(positions, [textwrap.fill(model.replace("_", " "), 14) for model in names], fontsize=7,
                       rotation=60, ha="right", rotation_mode="anchor")
         ax.set_ylim(0, 1.08 * max(spread.high for spread in spreads))
         ax.set_ylabel(SWEEP_METRICS.get(sweep["metric"], sweep["metric"]), fontsize=8)
         ax.set_title(f"notebook {sweep['notebook']}: {len(sweep['seeds'])} seeds", fontsize=9)
+    return fig
+
+
+def plot_seed_curves(sweep: Mapping, models: Sequence[str], quantities: Sequence[str], x: Sequence[float],
+                     xlabel: str) -> Figure:
+    """Each of ``models``' recorded ``quantities`` (one per point of ``x``) over a sweep's seeds: the mean as
+    a line, the lowest to the highest seed as a band; beside it, each model's difference from the first
+    model, seed by seed, with zero marked.  Both value axes start from zero or are centred on it."""
+    if len(models) < 2:
+        raise ValueError(f"expected a model to compare with and at least one more, got {list(models)}")
+    if len(quantities) != len(x):
+        raise ValueError(f"expected one quantity per point of x, got {len(quantities)} quantities and "
+                         f"{len(x)} points")
+    fig, (values, differences) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    reference = np.array([seed_spread(sweep, models[0], q).values for q in quantities])  # x seeds
+    highest, widest = 0.0, 0.0
+    for colour, model in zip(_PALETTE[1:], models, strict=False):
+        curve = np.array([seed_spread(sweep, model, q).values for q in quantities])  # x seeds
+        values.plot(x, curve.mean(1), color=colour, marker="o", markersize=3, label=model)
+        values.fill_between(x, curve.min(1), curve.max(1), color=colour, alpha=0.2)
+        highest = max(highest, curve.max())
+        if model != models[0]:
+            gap = curve - reference
+            differences.plot(x, gap, color=colour, marker="o", markersize=3, linewidth=0.8, alpha=0.8)
+            differences.plot([], [], color=colour, label=f"{model} - {models[0]}, each seed")
+            widest = max(widest, np.abs(gap).max())
+    metric = SWEEP_METRICS.get(sweep["metric"], sweep["metric"])
+    values.set(xlabel=xlabel, ylabel=metric, ylim=(0, 1.1 * highest))
+    values.legend(fontsize=7)
+    differences.axhline(0, color="black", linewidth=0.8)
+    differences.set(xlabel=xlabel, ylabel="difference", ylim=(-1.2 * widest, 1.2 * widest))
+    differences.legend(fontsize=7)
     return fig

@@ -30,6 +30,7 @@ from .vit import VisionTransformer
 
 __all__ = [
     "CROSSVIT",
+    "DAMAGED_CELLS",
     "FUSION_LEARNING_RATES",
     "GATE_LR_FACTOR",
     "MBT_MODES",
@@ -40,10 +41,12 @@ __all__ = [
     "RGBD_BACKBONE",
     "RGBD_CHANNELS",
     "RGBD_VIT",
+    "SHARED_FORMS",
     "SHORT_RUN_SCENES",
     "TOKENFUSION",
     "TOKENFUSION_FORMS",
     "crossvit_training",
+    "damage_quantity",
     "lavt_training",
     "mbt_training",
     "point_image_training",
@@ -113,6 +116,20 @@ OFFICIAL_LAMBDA = 1e-4
 # The forms the sweep compares: the official code's (the model's defaults), the paper's literal one (Eq. 4 as
 # written and Eq. 6 on the layer inputs, RPA after it), and the same model never exchanging (the control).
 TOKENFUSION_FORMS = {"official form": {}, "paper form": PAPER_FORM, "no exchange": {"substitution": False}}
+# The paper's weight sharing (Table 8: one MSA and MLP, LayerNorms per modality), exchanging and not, in the
+# same short run, started from single-modal models that share those layers (tokenfusion.SharedLayerViTs).
+SHARED_FORMS = {"shared, official form": {"share_weights": True},
+                "shared, no exchange": {"share_weights": True, "substitution": False}}
+# Damaged cells per modality at test time (glare for RGB, holes or noise for depth), of the 16 cells of 8x8
+# pixels; every model trains with 1-2 (RGBDConfig's default).  The generator damages distinct cells in the two
+# modalities, so at 7-8 each nearly every cell is damaged in one modality and clean in the other: the case
+# substitution is for.
+DAMAGED_CELLS = ((0, 0), (1, 2), (3, 4), (5, 6), (7, 8))
+
+
+def damage_quantity(cells: tuple[int, int]) -> str:
+    """The seed sweep's name for test mIoU with ``cells`` (fewest, most) damaged cells per modality."""
+    return f"miou, {cells[0]}-{cells[1]} damaged cells"
 
 
 def short_run_training(seed: int = 0, longer: bool = False) -> TrainConfig:

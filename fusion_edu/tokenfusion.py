@@ -64,6 +64,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "PAPER_FORM",
     "ScorePredictor",
+    "SharedLayerViTs",
     "TokenFusion",
     "TokenFusionLayer",
     "TokenFusionOutput",
@@ -247,6 +248,36 @@ class TokenFusionLayer(nn.Module):
             x = tokens[modality] + attended[modality]
             new_tokens[modality] = x + mlp(norm2(x))
         return new_tokens, masks, attention
+
+
+class SharedLayerViTs(nn.Module):
+    """The single-modal pretraining of shared layers: one segmentation ViT per modality, all running the
+    same attention and MLP weights (Table 8's configuration: shared MSA and MLP, modality-specific
+    LayerNorms), each with its own patch and positional embedding, LayerNorms, final norm and head.
+
+    Every batch carries each modality's loss (averaged, ``mean_modality_loss``), so the shared layers are
+    trained on every modality for as many epochs as a single-modal model is on its own: the start that is
+    fair to separate weights, whose layers come from a single-modal model per modality.  The paper shares
+    layers pretrained on ImageNet (RGB); its official code also shares the patch projection (a
+    ``ModuleParallel`` convolution), which our modalities' channel counts (3 and 1) rule out.
+    ``TokenFusion(share_weights=True).load_single_modal(dict(pair.models))`` starts from it.  ``logits``,
+    for evaluation only, is the mean of the modalities' logits.
+    """
+
+    def __init__(self, modalities: Mapping[str, int], **vit: object) -> None:
+        super().__init__()
+        models = {m: VisionTransformer(**vit, in_chans=channels, modality=m)
+                  for m, channels in modalities.items()}
+        first, *others = models.values()
+        for model in others:
+            for shared, block in zip(first.blocks, model.blocks, strict=True):
+                block.attn, block.mlp = shared.attn, shared.mlp  # one module, trained by every modality
+        self.models = nn.ModuleDict(models)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> ModelOutput:
+        logits = {m: model(inputs).logits for m, model in self.models.items()}  # m -> b k h w
+        mean = torch.stack(list(logits.values())).mean(0)  # b k h w
+        return ModelOutput(logits=mean, modality_logits=logits, mean_modality_loss=True)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from fusion_edu.plotting import plot_seed_spread
+from fusion_edu.plotting import plot_seed_curves, plot_seed_spread
 from fusion_edu.sweeps import SWEEPS_DIR, load_sweep, record_sweep, seed_spread
 
 RECORDED = {"rgbd": "01-03", "tokenfusion_forms": "03b", "point_image": "04", "crossvit": "05", "mbt": "06",
@@ -49,6 +49,43 @@ def test_the_committed_sweeps_hold_three_seeds_of_the_same_models(name):
     assert models[0] and all(m == models[0] for m in models), models
     for rows in sweep["seeds"].values():
         assert all(0.0 <= row[sweep["metric"]] <= 1.0 for row in rows.values()), rows
+
+
+def _toy_curves(tmp_path):
+    for seed in range(3):
+        rows = {model: {"acc": 0.5, **{f"acc at {level}": base - 0.1 * level + 0.01 * seed
+                                       for level in range(3)}}
+                for model, base in (("a", 0.8), ("b", 0.7))}
+        record_sweep("toy", seed, rows, "09", "acc", "r", tmp_path)
+    return load_sweep("toy", tmp_path)
+
+
+def test_seed_curves_plot_means_bands_and_each_seeds_difference(tmp_path):
+    sweep = _toy_curves(tmp_path)
+    fig = plot_seed_curves(sweep, ["a", "b"], [f"acc at {level}" for level in range(3)], [0, 1, 2], "level")
+    try:
+        values, differences = fig.axes
+        mean_b = values.get_lines()[1].get_ydata()
+        assert mean_b == pytest.approx([0.71, 0.61, 0.51])
+        assert values.get_ylim()[0] == 0
+        gaps = [line.get_ydata() for line in differences.get_lines() if len(line.get_ydata()) == 3]
+        assert len(gaps) == 3 and all(gap == pytest.approx([-0.1] * 3) for gap in gaps)
+        low, high = differences.get_ylim()
+        assert low == pytest.approx(-high) and high >= 0.1
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="one quantity per point of x, got 2 quantities and 3 points"):
+        plot_seed_curves(sweep, ["a", "b"], ["acc at 0", "acc at 1"], [0, 1, 2], "level")
+    with pytest.raises(ValueError, match=r"at least one more, got \['a'\]"):
+        plot_seed_curves(sweep, ["a"], ["acc at 0"], [0], "level")
+
+
+def test_seed_spread_plot_shows_the_chosen_models_in_order(tmp_path):
+    fig = plot_seed_spread([_toy_curves(tmp_path)], models=["b", "a"])
+    try:
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["b", "a"]
+    finally:
+        plt.close(fig)
 
 
 def test_seed_spread_plot_has_a_panel_per_sweep_from_zero(tmp_path):

@@ -7,6 +7,7 @@ from fusion_edu.blocks import Block
 from fusion_edu.tokenfusion import (
     PAPER_FORM,
     ScorePredictor,
+    SharedLayerViTs,
     TokenFusion,
     TokenFusionLayer,
     l1_sparsity,
@@ -263,6 +264,29 @@ def test_load_single_modal_for_some_modalities_leaves_the_others_fresh():
     model.load_single_modal({"depth": depth})
     assert torch.equal(model.layers[0].attn[1].qkv.weight, depth.blocks[0].attn.qkv.weight)
     assert torch.equal(model.layers[0].attn[2].qkv.weight, fresh)
+
+
+def test_shared_layer_vits_train_one_attention_and_mlp_on_every_modality(small_scenes):
+    data = {k: small_scenes[k][:40, ..., :16, :16].contiguous() for k in ("rgb", "depth", "label")}
+    with seeded(0):
+        pair = SharedLayerViTs(MODALITIES, **SMALL, task="segmentation")
+    rgb, depth = pair.models["rgb"], pair.models["depth"]
+    assert rgb.blocks[1].attn is depth.blocks[1].attn and rgb.blocks[1].mlp is depth.blocks[1].mlp
+    assert rgb.blocks[1].norm1 is not depth.blocks[1].norm1 and rgb.head is not depth.head
+    separate = sum(p.numel() for m in pair.models.values() for p in m.parameters())
+    shared_layers = sum(p.numel() for b in rgb.blocks for p in (*b.attn.parameters(), *b.mlp.parameters()))
+    assert sum(p.numel() for p in pair.parameters()) == separate - shared_layers
+    output = pair({k: data[k][:2] for k in MODALITIES})
+    mean = (output.modality_logits["rgb"] + output.modality_logits["depth"]) / 2
+    assert output.mean_modality_loss and torch.allclose(output.logits, mean)
+    before = rgb.blocks[0].attn.qkv.weight.clone()
+    fit(pair, data, config=TrainConfig(epochs=1, batch_size=20), progress=False)
+    assert not torch.equal(rgb.blocks[0].attn.qkv.weight, before)
+    with seeded(0):
+        model = TokenFusion(MODALITIES, **SMALL, share_weights=True)
+    model.load_single_modal(dict(pair.models))
+    assert torch.equal(model.layers[0].attn[0].qkv.weight, depth.blocks[0].attn.qkv.weight)
+    assert torch.equal(model.layers[0].norm1["depth"].weight, depth.blocks[0].norm1.weight)
 
 
 def test_shuffle_tokens_keeps_each_images_scores():
