@@ -506,15 +506,16 @@ def plot_seed_curves(sweep: Mapping, models: Sequence[str], quantities: Sequence
     """Each of ``models``' recorded ``quantities`` (one per point of ``x``) over a sweep's seeds: the mean as
     a line, the lowest to the highest seed as a band; beside it, each model's difference from the first
     model, seed by seed, with zero marked.  Both value axes start from zero or are centred on it."""
-    if len(models) < 2:
-        raise ValueError(f"expected a model to compare with and at least one more, got {list(models)}")
+    if not 2 <= len(models) < len(_PALETTE):
+        raise ValueError(f"expected a model to compare with and 1-{len(_PALETTE) - 2} more, "
+                         f"got {list(models)}")
     if len(quantities) != len(x):
         raise ValueError(f"expected one quantity per point of x, got {len(quantities)} quantities and "
                          f"{len(x)} points")
     fig, (values, differences) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
     reference = np.array([seed_spread(sweep, models[0], q).values for q in quantities])  # x seeds
     highest, widest = 0.0, 0.0
-    for colour, model in zip(_PALETTE[1:], models, strict=False):
+    for colour, model in zip(_PALETTE[1:], models, strict=False):  # the palette outnumbers the models
         curve = np.array([seed_spread(sweep, model, q).values for q in quantities])  # x seeds
         values.plot(x, curve.mean(1), color=colour, marker="o", markersize=3, label=model)
         values.fill_between(x, curve.min(1), curve.max(1), color=colour, alpha=0.2)
@@ -528,6 +529,7 @@ def plot_seed_curves(sweep: Mapping, models: Sequence[str], quantities: Sequence
     values.set(xlabel=xlabel, ylabel=metric, ylim=(0, 1.1 * highest))
     values.legend(fontsize=7)
     differences.axhline(0, color="black", linewidth=0.8)
-    differences.set(xlabel=xlabel, ylabel="difference", ylim=(-1.2 * widest, 1.2 * widest))
+    limit = 1.2 * widest or 1.0  # identical curves: any symmetric range
+    differences.set(xlabel=xlabel, ylabel="difference", ylim=(-limit, limit))
     differences.legend(fontsize=7)
     return fig

@@ -256,12 +256,16 @@ class SharedLayerViTs(nn.Module):
     LayerNorms), each with its own patch and positional embedding, LayerNorms, final norm and head.
 
     Every batch carries each modality's loss (averaged, ``mean_modality_loss``), so the shared layers are
-    trained on every modality for as many epochs as a single-modal model is on its own: the start that is
-    fair to separate weights, whose layers come from a single-modal model per modality.  The paper shares
-    layers pretrained on ImageNet (RGB); its official code also shares the patch projection (a
-    ``ModuleParallel`` convolution), which our modalities' channel counts (3 and 1) rule out.
-    ``TokenFusion(share_weights=True).load_single_modal(dict(pair.models))`` starts from it.  ``logits``,
-    for evaluation only, is the mean of the modalities' logits.
+    trained on every modality for as many epochs as a single-modal model is on its own: a start fair to
+    separate weights (whose layers come from a single-modal model per modality) in training budget, with
+    half their layer parameters.  ``TokenFusion(share_weights=True).load_single_modal(dict(pair.models))``
+    starts from it.  ``logits``, for evaluation only, is the mean of the modalities' logits.
+
+    The official code shares more: every convolution and linear layer of its backbone runs on each modality
+    (``ModuleParallel``: the patch projections too, depth entering as a 3-channel image), and so does its
+    decoder head; only the LayerNorms (``LayerNormParallel``) and the score predictors are per modality, and
+    the shared weights start from one ImageNet-pretrained network.  Here the patch embeddings (3 and 1 input
+    channels), positional embeddings and heads stay per modality, a choice, not measured against sharing them.
     """
 
     def __init__(self, modalities: Mapping[str, int], **vit: object) -> None:

@@ -27,8 +27,10 @@ CHAINS = {"rgbd_crossvit": ("00", "01", "02", "03", "05"), "points_audio_languag
 # LAVT's is estimated: its seven models' recorded training times (1,435 s, both cores busy) and about 150 s of
 # data and scoring, since its diagnosis runs on seed 0 only and the scenes are version 2. The RGB-D file's adds an
 # estimated 130 s for notebook 03b's forms (nine short fine-tunes and their scoring: 57-58 s a seed, measured on a
-# slower day)
-SWEEP_SECONDS = {"tests/test_claims_lavt.py": 1590, "tests/test_claims.py": 1270,
+# slower day), and 600 s for its weight sharing and damage levels (a shared-layer pretraining, two short
+# fine-tunes, every short-run model scored at five damage levels: the 03b test took 242-287 s a seed at 1
+# thread on 4 December 2026, with the other core mostly idle)
+SWEEP_SECONDS = {"tests/test_claims_lavt.py": 1590, "tests/test_claims.py": 1870,
                  "tests/test_claims_tokenfusion_heterogeneous.py": 1010, "tests/test_claims_mbt.py": 736,
                  "tests/test_claims_crossvit.py": 474}
 

@@ -30,6 +30,7 @@ def pytest_configure(config):
         os.environ.setdefault(THREADS_VARIABLE, str(max(1, machine_cores() // workers)))
         for variable, value in ANOTHER_PROCESSOR.items():
             os.environ.setdefault(variable, value)
+    if workers or os.environ.get(THREADS_VARIABLE, "").strip():
         TEST_THREADS = use_threads()
 
 

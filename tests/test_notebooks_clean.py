@@ -149,7 +149,7 @@ def test_every_notebook_runs_in_one_parallel_chain_after_what_it_loads():
     assert claims == chains.scope_of("tests/test_claims.py::test_03_y[0]", 2) != "tests/test_claims.py"
 
 
-def test_the_seed_sweeps_are_grouped_into_even_shares_of_their_recorded_cost():
+def test_the_seed_sweeps_are_grouped_into_the_most_even_shares_of_their_recorded_cost():
     chains = _chains()
     sweeps = {f"tests/{path.name}" for path in (NOTEBOOKS[0].parent.parent / "tests").glob("test_claims*.py")}
     assert set(chains.SWEEP_SECONDS) == sweeps  # every sweep file has a recorded cost
@@ -166,8 +166,9 @@ def test_the_seed_sweeps_are_grouped_into_even_shares_of_their_recorded_cost():
                  for scope in ("sweeps 0", "sweeps 1")]
         splits = (sum(chains.SWEEP_SECONDS[path] for path in subset)
                   for size in range(len(collected) + 1) for subset in combinations(sorted(collected), size))
+        # no split is more even (with every file: 2,880 and 2,800 s; CI's four: 1,870 and 2,220, as the RGB-D
+        # file alone costs nearly half of them)
         assert max(costs) == min(max(part, sum(costs) - part) for part in splits), costs
-        assert max(costs) < 1.06 * sum(costs) / 2, costs  # 2,600 and 2,480 s; without LAVT's 1,746 and 1,744
         scopes = {chains.scope_of(f"{path}::test_x", 3, collected) for path in collected}
         assert scopes == {f"sweeps {group}" for group in range(3)}, scopes  # none idle at 3 workers either
     assert sorted(chains.sweep_groups(len(sweeps)).values()) == list(range(len(sweeps)))  # one file each

@@ -10,6 +10,7 @@ from fusion_edu.datasets import (
     RGBDConfig,
     cache_dir,
     corrupted_patches,
+    damage_scenes,
     generate_rgbd_scenes,
     load_rgbd_scenes,
     object_visibility,
@@ -94,6 +95,24 @@ def test_corrupted_patches_by_hand():
     assert corrupted_patches(mask, 2, min_share=0.25).tolist() == [[True, False, False, True]]
     with pytest.raises(ValueError, match=r"patch size 3 does not divide the mask size \(4, 4\)"):
         corrupted_patches(mask, 3)
+
+
+def test_damage_scenes_damages_the_same_scenes_afresh_in_distinct_cells():
+    clean = generate_rgbd_scenes(30, 5, RGBDConfig(rgb_glare_cells=(0, 0), depth_bad_cells=(0, 0)))
+    damaged = damage_scenes(clean, (7, 8), seed=1)
+    cell = RGBDConfig().corruption_cell
+    for key in ("rgb_corrupt", "depth_corrupt"):
+        per_image = damaged[key][:, ::cell, ::cell].flatten(1).sum(1)  # damaged cells per image
+        assert per_image.min() == 7 and per_image.max() == 8, per_image
+    assert not (damaged["rgb_corrupt"] & damaged["depth_corrupt"]).any()
+    untouched = ~damaged["rgb_corrupt"][:, None].expand_as(clean["rgb"])
+    assert torch.equal(damaged["rgb"][untouched], clean["rgb"][untouched])
+    assert torch.equal(damaged["label"], clean["label"]) and not clean["rgb_corrupt"].any()
+    assert (damaged["rgb"][~untouched] > 0.8).all()  # glare
+    assert torch.equal(damage_scenes(clean, (7, 8), seed=1)["depth"], damaged["depth"])
+    assert not torch.equal(damage_scenes(clean, (7, 8), seed=2)["depth_corrupt"], damaged["depth_corrupt"])
+    with pytest.raises(ValueError, match=r"expected undamaged scenes .* got 30 images with glare"):
+        damage_scenes(damaged, (1, 2), seed=1)
 
 
 def test_generation_is_deterministic_and_seed_dependent():

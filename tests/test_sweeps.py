@@ -76,7 +76,7 @@ def test_seed_curves_plot_means_bands_and_each_seeds_difference(tmp_path):
         plt.close(fig)
     with pytest.raises(ValueError, match="one quantity per point of x, got 2 quantities and 3 points"):
         plot_seed_curves(sweep, ["a", "b"], ["acc at 0", "acc at 1"], [0, 1, 2], "level")
-    with pytest.raises(ValueError, match=r"at least one more, got \['a'\]"):
+    with pytest.raises(ValueError, match=r"compare with and 1-8 more, got \['a'\]"):
         plot_seed_curves(sweep, ["a"], ["acc at 0"], [0], "level")
 
 

@@ -18,7 +18,7 @@ The layout of the returned dict is documented in ``data/README.md``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "VISIBILITY",
     "RGBDConfig",
     "corrupted_patches",
+    "damage_scenes",
     "generate_rgbd_scenes",
     "load_rgbd_scenes",
     "object_visibility",
@@ -193,6 +194,30 @@ def generate_rgbd_scenes(num_scenes: int, seed: int | Sequence[int], config: RGB
     out["rgb"] = out["rgb"].float()
     out["depth"] = out["depth"].float()
     return out
+
+
+def damage_scenes(scenes: Mapping[str, Tensor], cells: tuple[int, int], seed: int,
+                  config: RGBDConfig = RGBDConfig()) -> dict[str, Tensor]:
+    """The same undamaged ``scenes`` with damage drawn afresh, as the generator draws it: ``cells`` (fewest,
+    most) glare cells in RGB and as many bad cells in depth per image, never the same cell in both, from a
+    random stream of its own (``seed``).  Scenes generated without damage (``rgb_glare_cells`` and
+    ``depth_bad_cells`` of ``(0, 0)``), damaged at growing ``cells``, test one set of scenes at growing
+    damage; the generator's own damage rate draws from the scenes' stream, so another rate gives other
+    scenes.  Labels, visibility and instances are unchanged."""
+    validate_rgbd(scenes)
+    if scenes["rgb_corrupt"].any() or scenes["depth_corrupt"].any():
+        raise ValueError("expected undamaged scenes (generated with 0 damaged cells), got "
+                         f"{int(scenes['rgb_corrupt'].flatten(1).any(1).sum())} images with glare and "
+                         f"{int(scenes['depth_corrupt'].flatten(1).any(1).sum())} with bad depth")
+    rng = np.random.default_rng(seed)
+    damage = replace(config, rgb_glare_cells=cells, depth_bad_cells=cells)
+    rgb = scenes["rgb"].double().numpy().copy()  # n 3 H W
+    depth = scenes["depth"][:, 0].double().numpy().copy()  # n H W
+    masks = [_corrupt(rng, damage, rgb[index], depth[index]) for index in range(len(rgb))]  # in place
+    rgb_corrupt, depth_corrupt = (torch.from_numpy(np.stack(mask)) for mask in zip(*masks, strict=True))
+    return {**scenes, "rgb": torch.from_numpy(np.clip(rgb, 0, 1)).float(),
+            "depth": torch.from_numpy(np.clip(depth, 0, 1)[:, None]).float(),
+            "rgb_corrupt": rgb_corrupt, "depth_corrupt": depth_corrupt}
 
 
 NORMAL_PIXEL_SPACING = 0.05  # the width of one pixel in depth units, for the slopes of normals
