@@ -38,6 +38,7 @@ trained once and shared by the tests of both notebooks.
   all three have run.
 """
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -207,16 +208,24 @@ def test_03_tokenfusion_exchanges_tokens_beats_the_fusions_and_finds_damaged_dep
 
 def _scored(model: TokenFusion, data: dict) -> dict[str, float]:
     """Test mIoU on ``data`` and, per modality, the share of tokens substituted (mean over the layers), the
-    share of the substitutions on damaged patches (pooled over the exchanging layers; 0 if none exchanges)
-    and the share of patches damaged (where random substitution lands)."""
+    share of the substitutions on damaged patches (pooled over the exchanging layers), the share of patches
+    damaged (where random substitution lands), and, in the least-exchanging layer (notebook 03a's rule), the
+    rates at which damaged and clean tokens are substituted; NaN where undefined (nothing substituted, or
+    nothing damaged)."""
     patches = {m: corrupted_patches(data[f"{m}_corrupt"], VIT["patch_size"]) for m in RGBD_CHANNELS}
     _, masks = token_scores_and_masks(model, data)
     row = {"miou": evaluate(model, data)["miou"]}
     for modality, numbers in substitution_statistics(masks, patches).items():
         exchanging = [layer for layer, share in enumerate(numbers["share"]) if share > 0]
+        damaged = numbers["random"][0]
+        defined = exchanging and 0 < damaged < 1
+        rates = substitution_rates(numbers, least_exchanging_layer(numbers)) if defined else (math.nan,) * 2
+        on_damaged = pooled_on_corrupted(numbers, exchanging) if exchanging else math.nan
         row |= {f"{modality} substituted": sum(numbers["share"]) / len(numbers["share"]),
-                f"{modality} on damaged": pooled_on_corrupted(numbers, exchanging) if exchanging else 0.0,
-                f"{modality} damaged": numbers["random"][0]}
+                f"{modality} on damaged": on_damaged,
+                f"{modality} damaged": damaged,
+                f"{modality} least-exchanging layer, damaged substituted": rates[0],
+                f"{modality} least-exchanging layer, clean substituted": rates[1]}
     return row
 
 
