@@ -13,6 +13,7 @@ A file holds ``{"sweep", "notebook", "metric", "recipe", "machine", "threads", "
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,10 +43,16 @@ def _path(sweep: str, directory: Path | None) -> Path:
     return (directory or SWEEPS_DIR) / f"{sweep}.json"
 
 
+def _number(value: float | None) -> float | None:
+    """A recorded quantity: a float, or None (JSON's null) where it is undefined (NaN)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def record_sweep(sweep: str, seed: int, rows: Mapping[str, Mapping[str, float]], notebook: str, metric: str,
                  recipe: str, directory: Path | None = None) -> Path:
     """Add (or replace) one seed's ``rows`` ``{model: {quantity: value}}`` in the sweep's file; rows of a
-    model already recorded for this seed are updated, others kept. Written atomically."""
+    model already recorded for this seed are updated, others kept. Written atomically, as strict JSON: an
+    undefined quantity (NaN) is recorded as null."""
     for model, quantities in rows.items():
         if metric not in quantities:
             raise ValueError(f"expected every row to hold the sweep's metric {metric!r}, "
@@ -56,14 +63,14 @@ def record_sweep(sweep: str, seed: int, rows: Mapping[str, Mapping[str, float]],
         saved = {}  # another configuration: start afresh
     seeds = saved.get("seeds", {})
     seeds[str(seed)] = {**seeds.get(str(seed), {}),
-                        **{model: {key: float(value) for key, value in quantities.items()}
+                        **{model: {key: _number(value) for key, value in quantities.items()}
                            for model, quantities in rows.items()}}
     payload = {"sweep": sweep, "notebook": notebook, "metric": metric, "recipe": recipe,
                "machine": machine(), "threads": torch.get_num_threads(),
                "seeds": dict(sorted(seeds.items()))}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=1) + "\n")
+    temporary.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")  # strict JSON
     os.replace(temporary, path)
     return path
 

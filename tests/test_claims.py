@@ -211,7 +211,7 @@ def _scored(model: TokenFusion, data: dict) -> dict[str, float]:
     share of the substitutions on damaged patches (pooled over the exchanging layers), the share of patches
     damaged (where random substitution lands), and, in the least-exchanging layer (notebook 03a's rule), the
     rates at which damaged and clean tokens are substituted; NaN where undefined (nothing substituted, or
-    nothing damaged)."""
+    nothing damaged), which the record keeps as null."""
     patches = {m: corrupted_patches(data[f"{m}_corrupt"], VIT["patch_size"]) for m in RGBD_CHANNELS}
     _, masks = token_scores_and_masks(model, data)
     row = {"miou": evaluate(model, data)["miou"]}

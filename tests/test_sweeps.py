@@ -1,5 +1,7 @@
 """The seed sweeps' recorded results (fusion_edu.sweeps), which notebooks 03b and 08 read."""
 
+import json
+
 import matplotlib.pyplot as plt
 import pytest
 
@@ -49,6 +51,14 @@ def test_the_committed_sweeps_hold_three_seeds_of_the_same_models(name):
     assert models[0] and all(m == models[0] for m in models), models
     for rows in sweep["seeds"].values():
         assert all(0.0 <= row[sweep["metric"]] <= 1.0 for row in rows.values()), rows
+
+
+def test_an_undefined_quantity_is_recorded_as_null_in_strict_json(tmp_path):
+    path = record_sweep("toy", 0, {"a": {"acc": 0.5, "on damaged": float("nan")}}, "09", "acc", "r", tmp_path)
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    saved = json.loads(path.read_text(), parse_constant=strict)
+    assert saved["seeds"]["0"]["a"] == {"acc": 0.5, "on damaged": None}
 
 
 def _toy_curves(tmp_path):
