@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .datasets.cache import cache_dir, read_if_valid, write_atomic
+from .datasets.cache import cache_dir, made_once, read_if_valid, write_atomic
 from .metrics import accuracy, confusion_matrix, iou_per_class, mean_iou
 
 __all__ = [
@@ -344,13 +344,15 @@ def fit_or_load(name: str, model: nn.Module, train_data: Mapping[str, Tensor],
 
     The cache key covers the architecture, the starting weights, the training data and the
     config, so a changed notebook retrains.  A second run in class is instant; a clean clone always trains.
+    While one process trains a model, another asking for the same one waits, then loads it (``made_once``).
     """
     path = cache_dir() / "models" / f"{name}.pt"
     device = device or default_device()
     description = {"config": asdict(config), "fingerprint": _fingerprint(model, train_data),
                    "device": device.type}
-    history = load_checkpoint(path, model, description)
-    if history is None:
-        history = fit(model, train_data, val_data, config, device, progress)
-        save_checkpoint(path, model, history, description)
+    with made_once(path):
+        history = load_checkpoint(path, model, description)
+        if history is None:
+            history = fit(model, train_data, val_data, config, device, progress)
+            save_checkpoint(path, model, history, description)
     return history

@@ -140,7 +140,8 @@ def test_bad_config_is_named():
 def test_cache_round_trip_and_splits_differ(tmp_cache):
     first = load_rgbd_scenes("val", num_scenes=6)
     assert cache_dir() == tmp_cache
-    assert sorted(p.name for p in tmp_cache.iterdir()) == ["rgbd-val-seed0-n6.json", "rgbd-val-seed0-n6.pt"]
+    assert sorted(p.name for p in tmp_cache.iterdir()) == [".rgbd-val-seed0-n6.pt.lock",  # made_once's
+                                                           "rgbd-val-seed0-n6.json", "rgbd-val-seed0-n6.pt"]
     again = load_rgbd_scenes("val", num_scenes=6)
     for key in first:
         assert torch.equal(first[key], again[key])

@@ -1,4 +1,5 @@
 import itertools
+import multiprocessing
 import os
 import re
 
@@ -140,6 +141,35 @@ def test_fit_or_load_trains_once(tmp_cache, small_scenes):
         third = fit_or_load("tiny", other_start, train, config=config, progress=False)
     assert third != first
     assert not torch.equal(other_start.head.proj.weight, first_model.head.proj.weight)
+
+
+def _fit_or_load_when_released(cache: str, start, results) -> None:
+    """A spawned process's ``fit_or_load`` of one tiny model, begun when every process is ready."""
+    os.environ["FUSION_EDU_DATA"] = cache
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    train = {"depth": torch.rand(400, 1, 32, 32, generator=generator),
+             "label": torch.randint(0, 5, (400, 32, 32), generator=generator)}
+    model = _model()
+    start.wait()
+    results.put(fit_or_load("contested", model, train, config=TrainConfig(epochs=3, batch_size=20),
+                            progress=False))
+
+
+def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
+    """Notebook 08 beside the worker still in notebook 05: the second process waits, then loads (its
+    history, timings included, is the first one's), instead of training the same model again."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_fit_or_load_when_released, args=(str(tmp_path), start, results))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    histories = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert len(histories[0]) == 3 and histories[0] == histories[1]
 
 
 def test_flop_and_parameter_counts():

@@ -5,7 +5,9 @@ description it was made from (generator version and configuration).  Reading che
 file whose bytes do not match the checksum is *corrupt*, one whose description differs from the
 one asked for is *stale*; either way it is rebuilt.  Writes are atomic (a temporary file in the
 same folder, then ``os.replace``), so an interrupted run never leaves a half-written cache that
-looks valid.
+looks valid.  Making an entry holds a lock on it (``made_once``): a second process that asks for the same
+entry meanwhile (notebook 08 running notebook 05's experiment while the other test worker is still in
+notebook 05, say) waits and then reads it, instead of making it a second time.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["SPLIT_STREAMS", "cache_dir", "cached", "cached_split", "read_if_valid", "write_atomic"]
+try:
+    import fcntl  # POSIX (Linux, macOS, Colab)
+except ImportError:  # Windows: no lock; concurrent processes may make an entry twice (each write atomic)
+    fcntl = None
+
+__all__ = ["SPLIT_STREAMS", "cache_dir", "cached", "cached_split", "made_once", "read_if_valid",
+           "write_atomic"]
 
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2, "unseen": 3}  # each split draws from its own random stream
 
@@ -70,6 +79,24 @@ def write_atomic(path: Path, payload: Any, description: dict) -> None:
                         lambda tmp: tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True)))
 
 
+@contextmanager
+def made_once(path: Path) -> Iterator[None]:
+    """Hold the lock on the cache entry ``path`` (an exclusive ``flock`` on the hidden ``.NAME.lock`` beside
+    it, left in place: removing it could let two processes lock two files) while it is read,
+    or made and written: another process asking for the entry waits until it is written.  The operating
+    system releases the lock when its holder exits, even by a crash."""
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / f".{path.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_if_valid(path: Path, description: dict) -> Any | None:
     """The cached payload, or None when it is missing, corrupt (checksum) or stale (description).
 
@@ -105,10 +132,11 @@ def _normalise(description: dict) -> dict:
 def cached(name: str, description: dict, build: Callable[[], Any]) -> Any:
     """Return the valid cache entry ``name`` for ``description``, building and saving it if needed."""
     path = cache_dir() / f"{name}.pt"
-    payload = read_if_valid(path, description)
-    if payload is None:
-        payload = build()
-        write_atomic(path, payload, _normalise(description))
+    with made_once(path):
+        payload = read_if_valid(path, description)
+        if payload is None:
+            payload = build()
+            write_atomic(path, payload, _normalise(description))
     return payload
 
 
