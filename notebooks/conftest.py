@@ -7,7 +7,9 @@ chain's earlier notebooks trained:
 - ``points_audio_language``: 04, 06, 07, then 08, which reads every notebook's saved results.
 
 The two take about as long (10.8 and 11.1 minutes at 2 threads, BENCHMARKS.md).  Should the first chain not
-have saved a result when 08 starts, 08 runs that experiment itself, loading whatever models are cached.
+have saved a result when 08 starts, 08 runs that experiment itself, loading whatever models are cached; a
+model the other worker is training meanwhile it waits for and loads (``datasets.cache.made_once``) rather
+than training it twice.
 
 The seed sweeps (``pytest -m claims``) go to the workers in groups of files whose recorded costs are as even
 as they can be (``sweep_groups``): xdist's own order (files by number of tests, the next file handed to a

@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,23 @@ def test_unknown_split_is_named():
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="corruption_cell must divide image_size, got 7 and 32"):
         RGBDConfig(corruption_cell=7)
+
+
+def test_a_cache_without_locks_still_reads_and_makes_entries(tmp_cache, monkeypatch):
+    """Where no lock file can be opened (a read-only class cache, say), the cache works as without locks."""
+    first = load_rgbd_scenes("val", num_scenes=6)
+    open_file = Path.open
+
+    def refuse_lock_files(self, *args, **kwargs):
+        if self.name.endswith(".lock"):
+            raise PermissionError(f"read-only: {self}")
+        return open_file(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse_lock_files)
+    again = load_rgbd_scenes("val", num_scenes=6)
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert load_rgbd_scenes("test", num_scenes=6)["rgb"].shape == first["rgb"].shape  # made unlocked
+    assert not (tmp_cache / ".rgbd-test-seed0-n6.pt.lock").exists()
 
 
 def test_cache_round_trip_and_splits_differ(tmp_cache):

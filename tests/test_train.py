@@ -160,15 +160,19 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
     """Notebook 08 beside the worker still in notebook 05: the second process waits, then loads (its
     history, timings included, is the first one's), instead of training the same model again."""
     context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(2), context.Queue()
-    processes = [context.Process(target=_fit_or_load_when_released, args=(str(tmp_path), start, results))
-                 for _ in range(2)]
-    for process in processes:
-        process.start()
-    histories = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    start, results = context.Barrier(2, timeout=120), context.Queue()
+    processes = [context.Process(target=_fit_or_load_when_released, args=(str(tmp_path), start, results),
+                                 daemon=True) for _ in range(2)]
+    try:
+        for process in processes:
+            process.start()
+        histories = [results.get(timeout=180) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        assert [process.exitcode for process in processes] == [0, 0]
+    finally:
+        for process in processes:
+            process.terminate()
     assert len(histories[0]) == 3 and histories[0] == histories[1]
 
 

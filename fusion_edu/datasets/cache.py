@@ -5,9 +5,9 @@ description it was made from (generator version and configuration).  Reading che
 file whose bytes do not match the checksum is *corrupt*, one whose description differs from the
 one asked for is *stale*; either way it is rebuilt.  Writes are atomic (a temporary file in the
 same folder, then ``os.replace``), so an interrupted run never leaves a half-written cache that
-looks valid.  Making an entry holds a lock on it (``made_once``): a second process that asks for the same
-entry meanwhile (notebook 08 running notebook 05's experiment while the other test worker is still in
-notebook 05, say) waits and then reads it, instead of making it a second time.
+looks valid.  Reading or making an entry holds a lock on it (``made_once``, on POSIX systems): a second
+process that asks for the same entry meanwhile (notebook 08 running notebook 05's experiment while the other
+test worker is still in notebook 05, say) waits and then reads it, instead of making it a second time.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 try:
     import fcntl  # POSIX (Linux, macOS, Colab)
-except ImportError:  # Windows: no lock; concurrent processes may make an entry twice (each write atomic)
+except ImportError:  # Windows: no lock, so two processes may make the same entry twice
     fcntl = None
 
 __all__ = ["SPLIT_STREAMS", "cache_dir", "cached", "cached_split", "made_once", "read_if_valid",
@@ -79,22 +79,38 @@ def write_atomic(path: Path, payload: Any, description: dict) -> None:
                         lambda tmp: tmp.write_text(json.dumps(sidecar, indent=1, sort_keys=True)))
 
 
+def _locked(path: Path) -> IO[str] | None:
+    """The lock file of the entry ``path`` (a hidden ``.NAME.lock`` beside it), open and exclusively
+    ``flock``-ed; None where no lock can be taken."""
+    if fcntl is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = (path.parent / f".{path.name}.lock").open("w")
+    except OSError:  # a cache the user may read but not write
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process holds it
+    except OSError:  # a file system without flock
+        handle.close()
+        return None
+    return handle
+
+
 @contextmanager
 def made_once(path: Path) -> Iterator[None]:
-    """Hold the lock on the cache entry ``path`` (an exclusive ``flock`` on the hidden ``.NAME.lock`` beside
-    it, left in place: removing it could let two processes lock two files) while it is read,
-    or made and written: another process asking for the entry waits until it is written.  The operating
-    system releases the lock when its holder exits, even by a crash."""
-    if fcntl is None:
+    """Hold the lock on the cache entry ``path`` while it is read, or made and written: another process
+    asking for the same entry meanwhile waits until the holder is done, then reads what it wrote.  The lock
+    file is left in place (removing it could let two processes lock two files); closing it, or the holder's
+    exit, even by a crash, releases the lock.  Not re-entrant: a process never asks for an entry inside its
+    own ``made_once`` of it.  Where no lock can be taken (Windows, which has no ``fcntl``; a read-only
+    cache; a file system without ``flock``) it goes on without one, as before there were locks."""
+    handle = _locked(path)
+    try:
         yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / f".{path.name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def read_if_valid(path: Path, description: dict) -> Any | None:
