@@ -85,7 +85,9 @@ RELATION_LEAD = 0.02  # a PWAM model's mean lead over late fusion on relation ex
 UNSEEN_DROP = 0.1  # test mIoU - unseen-split mIoU, every model and seed
 FOLLOW_SHARE = 0.8  # of the IoU on the original expressions
 STAY_AT_MOST = 0.15
-SHUT, OPEN = 0.05, 0.2  # mean |S_i| of a gate nearly shut (measured at stage 1: 0.004-0.008), and open
+# Mean |S_i| of a gate nearly shut, and open.  Stage 1 measured 0.004-0.008 on seeds 0-2 at 1 thread with AVX2
+# kernels, but 0.066 on seed 0 at 2 threads with AVX-512 ones (notebook 07, 4 Dec 2026); stage 3 about 0.5-1
+SHUT, OPEN = 0.1, 0.2
 # Stage 1's gate at GATE_LR_FACTOR times the lr on seed 0: 0.159 in the recorded run (0.008 at 1x), 20 times
 # as far, the least of that run's three seeds (0.153-0.867 on seeds 0-2, 20-217 times); on the first version
 # of the scenes 31-197 times on two CI-like machines, and 0.165 on seed 0 on a third.  Seed 0 is the one kept:
