@@ -3,7 +3,8 @@ kernels nbval starts (through ``$IPYTHONDIR``), not part of the course.
 
 It times, cumulatively, in seconds:
 
-- ``training``: inside ``fusion_edu.train.fit`` (the per-epoch validation included);
+- ``training``: inside ``fusion_edu.train.fit`` (the per-epoch validation included), or inside
+  ``train_side_by_side``, whose worker processes train (the outermost of the two counted once);
 - ``evaluation``: outermost forward passes of any model with gradients off, outside ``fit`` (scoring,
   predictions, the widgets' and figures' internals, FLOP counts);
 - ``data``: inside ``fusion_edu.datasets.cache.cached_split`` (generating a split, or loading it);
@@ -44,14 +45,18 @@ def _timed(category, function):
 
 
 def _fit(function):
-    timed = _timed("training", function)
-
+    """``function`` timed as training, unless it runs inside another such call (``fit`` in
+    ``train_side_by_side``): each second is counted once."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        if _state["in_fit"]:
+            return function(*args, **kwargs)
         _state["in_fit"] = True
+        start = time.perf_counter()
         try:
-            return timed(*args, **kwargs)
+            return function(*args, **kwargs)
         finally:
+            TOTALS["training"] += time.perf_counter() - start
             _state["in_fit"] = False
     return wrapper
 
@@ -83,7 +88,8 @@ def _replace_everywhere(original, replacement):
 for _module in pkgutil.walk_packages(fusion_edu.__path__, "fusion_edu."):
     if _module.name != "fusion_edu.__main__":
         importlib.import_module(_module.name)
-_replace_everywhere(fusion_edu.train.fit, _fit(fusion_edu.train.fit))
+for _trainer in (fusion_edu.train.fit, fusion_edu.train.train_side_by_side):
+    _replace_everywhere(_trainer, _fit(_trainer))
 _replace_everywhere(fusion_edu.datasets.cache.cached_split,
                     _timed("data", fusion_edu.datasets.cache.cached_split))
 torch.nn.Module.__call__ = _forward(torch.nn.Module.__call__)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,7 +57,15 @@ from .recipes import (
     train_tokenfusion,
 )
 from .tokenfusion_heterogeneous import PointImageTokenFusion, detection_targets, object_detections
-from .train import default_device, evaluate, fit_or_load, predict, seeded
+from .train import (
+    default_device,
+    evaluate,
+    fit_or_load,
+    models_and_histories,
+    predict,
+    seeded,
+    train_side_by_side,
+)
 
 __all__ = [
     "EXPERIMENTS",
@@ -130,11 +139,9 @@ def _rgbd_data() -> tuple[dict[str, Tensor], ...]:
 
 def _rgbd_singles(seed: int, longer: bool, progress: bool, train: Mapping, val: Mapping
                   ) -> tuple[dict[str, nn.Module], dict[str, list[dict]]]:
-    models, histories = {}, {}
-    for modality in RGBD_CHANNELS:
-        models[modality], histories[modality] = train_single_modal(
-            modality, train, val, rgbd_training(seed, longer), progress=progress)
-    return models, histories
+    return models_and_histories(train_side_by_side(
+        {modality: partial(train_single_modal, modality, train, val, rgbd_training(seed, longer), progress)
+         for modality in RGBD_CHANNELS}))
 
 
 def rgbd_cache_name(name: str, seed: int) -> str:
@@ -167,16 +174,17 @@ def concat_experiment(device: torch.device, seed: int, progress: bool, longer: b
     for parameter in late.models.parameters():
         parameter.requires_grad_(False)
     late_config = replace(config, epochs=LATE_FUSION_EPOCHS, lr=LATE_FUSION_LR)
-    late_history = fit_or_load(rgbd_cache_name("02_late_fusion", seed), late, train, val, late_config, device,
-                               progress)
     with seeded(seed):
         concat = TokenConcatFusion(RGBD_CHANNELS, **RGBD_BACKBONE)
-    concat_history = fit_or_load(rgbd_cache_name("02_token_concat", seed), concat, train, val, config, device,
-                                 progress)
     with seeded(seed):
         input_fusion = InputFusion(RGBD_CHANNELS, **RGBD_VIT)
-    input_history = fit_or_load(rgbd_cache_name("02_input_fusion", seed), input_fusion, train, val, config,
-                                device, progress)
+    trainings = {"02_token_concat": (concat, config), "02_input_fusion": (input_fusion, config),
+                 "02_late_fusion": (late, late_config)}
+    histories = train_side_by_side({  # each model is trained in place, or loaded into it
+        name: partial(fit_or_load, rgbd_cache_name(name, seed), model, train, val, recipe, device, progress)
+        for name, (model, recipe) in trainings.items()})
+    late_history, concat_history, input_history = (
+        histories[name] for name in ("02_late_fusion", "02_token_concat", "02_input_fusion"))
     runs = (("late fusion", "logits only (a learned weighted sum)", "output", late,
              _seconds(late_history, *single_histories.values())),
             ("token concatenation", "RGB and depth tokens in one sequence", "inside", concat,
@@ -191,10 +199,11 @@ def tokenfusion_experiment(device: torch.device, seed: int, progress: bool, long
     train, val, test = _rgbd_data()
     singles, single_histories = _rgbd_singles(seed, longer, progress, train, val)
     config, start = tokenfusion_training(seed, longer), _seconds(*single_histories.values())
-    tokenfusion, history = train_tokenfusion(rgbd_cache_name("03_tokenfusion", seed), singles, train, val,
-                                             config, progress=progress)
-    control, control_history = train_tokenfusion(rgbd_cache_name("03_no_exchange", seed), singles, train, val,
-                                                 config, progress=progress, lambda_l1=0.0, substitution=False)
+    (tokenfusion, history), (control, control_history) = train_side_by_side({
+        name: partial(train_tokenfusion, rgbd_cache_name(name, seed), singles, train, val, config,
+                      progress=progress, **options)
+        for name, options in (("03_tokenfusion", {}),
+                              ("03_no_exchange", dict(lambda_l1=0.0, substitution=False)))}).values()
     return [_rgbd_result("03", "TokenFusion", "low-score tokens substituted by the other modality's",
                          "inside", tokenfusion, test, start + _seconds(history), device, seed),
             _rgbd_result("03", "TokenFusion without exchange", "logits only (ensemble; the control)",
@@ -246,10 +255,12 @@ def crossvit_experiment(device: torch.device, seed: int, progress: bool, longer:
     runs |= {f"CrossViT, {kind.replace('_', ' ')}": (kind, dict(fusion=kind), CROSSVIT_FUSES[kind], "inside")
              for kind in FUSIONS}
     runs["CrossViT, no fusion"] = (NO_FUSION, dict(fusion=NO_FUSION), CROSSVIT_FUSES[NO_FUSION], "output")
+    trained = train_side_by_side({
+        name: partial(train_crossvit, key, train, val, crossvit_training(seed, longer, options.get("fusion")),
+                      progress=progress, **options) for name, (key, options, _, _) in runs.items()})
     results = []
-    for name, (key, options, fuses, where) in runs.items():
-        config = crossvit_training(seed, longer, options.get("fusion"))
-        model, history = train_crossvit(key, train, val, config, progress=progress, **options)
+    for name, (model, history) in trained.items():
+        _, _, fuses, where = runs[name]
         predicted = predict(model, test, device)
         texture = (predicted % len(TEXTURES) == test["texture"]).float().mean().item()
         results.append(Result("05", name, fuses, where, "multi-scale classification", "test accuracy",
@@ -269,8 +280,9 @@ def mbt_experiment(device: torch.device, seed: int, progress: bool, longer: bool
     """Notebook 06: MBT's late, vanilla, cross and bottleneck fusion; accuracy with a modality missing."""
     train, val, test = (load_audiovisual_clips(split) for split in ("train", "val", "test"))
     config, results = mbt_training(seed, longer), []
-    for name, options in MBT_MODES.items():
-        model, history = train_mbt(name, train, val, config, progress=progress, **options)
+    trained = train_side_by_side({name: partial(train_mbt, name, train, val, config, progress, **options)
+                                  for name, options in MBT_MODES.items()})
+    for name, (model, history) in trained.items():
         accuracies = modality_accuracies(model, test, device)
         results.append(Result("06", f"MBT, {name} fusion", MBT_FUSES[name], MBT_WHERE[name],
                               "audio-visual classification", "test accuracy", accuracies["fused"],
@@ -288,9 +300,10 @@ def lavt_experiment(device: torch.device, seed: int, progress: bool, longer: boo
     runs = (("LAVT", "pwam", "words into every pixel, each encoder stage", "inside"),
             ("LAVT, gates closed", "closed_gates", "words into every pixel, for the decoder only", "output"),
             ("LAVT, late fusion", "late", "words and pixels after the encoder", "output"))
-    for name, fusion, fuses, where in runs:
-        model, history = train_lavt(f"{fusion}_minilm", train, lavt_training(seed, longer), fusion,
-                                    text_encoder, progress=progress)
+    config = lavt_training(seed, longer)
+    trained = train_side_by_side({name: partial(train_lavt, f"{fusion}_minilm", train, config, fusion,
+                                                text_encoder, progress) for name, fusion, _, _ in runs})
+    for (name, _, fuses, where), (model, history) in zip(runs, trained.values(), strict=True):
         scores = scores_by_expression_type(predicted_masks(model, test), test)
         sample = _first(referring_inputs(test, text_encoder))
         results.append(Result("07", name, fuses, where, "referring segmentation", "test mIoU",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from .lavt import LAVT, referring_inputs
 from .mbt import MBT
 from .tokenfusion import PAPER_FORM, TokenFusion
 from .tokenfusion_heterogeneous import PointImageTokenFusion, substitution_share
-from .train import TrainConfig, fit_or_load, seeded
+from .train import TrainConfig, fit_or_load, models_and_histories, seeded, train_side_by_side
 from .vit import VisionTransformer
 
 __all__ = [
@@ -258,17 +259,21 @@ def train_point_image_models(train: Mapping[str, Tensor], config: TrainConfig, p
                              ) -> tuple[dict[str, PointImageTokenFusion], dict[str, list[dict]]]:
     """Notebook 04's five models at one budget: point-only, TokenFusion, and the three controls that read
     the image without scores (the random one at TokenFusion's share per layer, measured on the first
-    ``SHARE_SCENES`` training scenes).  Returns the models and their training histories by name."""
-    models, histories = {}, {}
-    for name, fusion in POINT_IMAGE_MODELS.items():
-        options = {}
-        if fusion == "random":
-            sample = {key: value[:SHARE_SCENES] for key, value in train.items()}
-            share = substitution_share(models["TokenFusion"], sample, torch.device("cpu"))
-            options["random_share"] = [round(value, SHARE_DECIMALS) for value in share]
-        models[name], histories[name] = train_point_image(name.lower().replace(" ", "_"), train, config,
-                                                          fusion, progress, **options)
-    return models, histories
+    ``SHARE_SCENES`` training scenes).  Returns the models and their training histories by name.
+
+    Trained side by side where the CPU allows (``train_side_by_side``): point-only and TokenFusion, then,
+    with TokenFusion's share measured, the three controls."""
+    def call(name: str, **options: object) -> partial:
+        fusion = POINT_IMAGE_MODELS[name]
+        return partial(train_point_image, name.lower().replace(" ", "_"), train, config, fusion, progress,
+                       **options)
+
+    first = train_side_by_side({name: call(name) for name in ("point-only", "TokenFusion")})
+    sample = {key: value[:SHARE_SCENES] for key, value in train.items()}
+    share = substitution_share(first["TokenFusion"][0], sample, torch.device("cpu"))
+    controls = {name: call(name) for name in ("additive", "substitute all")}
+    controls["random"] = call("random", random_share=[round(value, SHARE_DECIMALS) for value in share])
+    return models_and_histories({**first, **train_side_by_side(controls)})
 
 
 # Notebook 07: LAVT and its two controls (gates closed, late fusion) on the referring scenes, one recipe.

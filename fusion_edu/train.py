@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
+import pickle
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,11 +49,13 @@ __all__ = [
     "load_checkpoint",
     "machine_cores",
     "model_outputs",
+    "models_and_histories",
     "predict",
     "save_checkpoint",
     "schedule_steps",
     "seeded",
     "total_learning_rate",
+    "train_side_by_side",
     "training_loss",
     "training_precision",
     "use_threads",
@@ -356,3 +360,43 @@ def fit_or_load(name: str, model: nn.Module, train_data: Mapping[str, Tensor],
             history = fit(model, train_data, val_data, config, device, progress)
             save_checkpoint(path, model, history, description)
     return history
+
+
+def _made_in_a_worker(pickled_call: bytes) -> None:
+    """A worker process's job: make the call (its model lands in the cache); nothing is sent back."""
+    pickle.loads(pickled_call)()
+
+
+def train_side_by_side(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Each of ``calls`` (name -> a call that trains through ``fit_or_load``, such as
+    ``partial(train_lavt, ...)``) made, its result returned under its name.
+
+    A small model keeps two CPU threads only partly busy: two 1-thread processes train 1.35-1.5x the images
+    of one process at 2 threads (BENCHMARKS.md).  So on a CPU, where this process has more than one thread
+    (``use_threads``) and there is more than one call, the calls first run side by side in worker processes,
+    each on an equal share of the threads, and each one's model lands in the cache; each call is then made
+    here and loads it.  With one thread (the committed notebooks, each test worker), on a GPU, or for one
+    call, the calls are made here in turn.  A worker trains with its own share of the threads: the same
+    numbers as a process at that thread count.
+
+    Worker processes are started fresh ("spawn", on every platform), so each call must be picklable: a
+    function of the package with its arguments (``functools.partial``), not a lambda or a function defined
+    in a notebook.
+    """
+    workers = min(len(calls), torch.get_num_threads())
+    if workers > 1 and default_device().type == "cpu":
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, torch.set_num_threads, (torch.get_num_threads() // workers,)) as pool:
+            # pickled here, as bytes: the pool's own pickler would put each tensor in memory shared with this
+            # process, and a model the worker trains would then change here too
+            jobs = [pool.apply_async(_made_in_a_worker, (pickle.dumps(call),)) for call in calls.values()]
+            for job in jobs:
+                job.get()  # a worker's exception is raised here; leaving the block stops the workers
+    return {name: call() for name, call in calls.items()}
+
+
+def models_and_histories(trained: Mapping[str, tuple[nn.Module, list[dict]]]
+                         ) -> tuple[dict[str, nn.Module], dict[str, list[dict]]]:
+    """``{name: (model, history)}``, as ``train_side_by_side`` returns a recipe's trainings, as two dicts."""
+    return ({name: model for name, (model, _) in trained.items()},
+            {name: history for name, (_, history) in trained.items()})

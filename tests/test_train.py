@@ -2,6 +2,7 @@ import itertools
 import multiprocessing
 import os
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from fusion_edu.train import (
     save_checkpoint,
     seeded,
     total_learning_rate,
+    train_side_by_side,
     training_precision,
     use_threads,
 )
@@ -174,6 +176,76 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
         for process in processes:
             process.terminate()
     assert len(histories[0]) == 3 and histories[0] == histories[1]
+
+
+def _tiny_data() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"depth": torch.rand(200, 1, 32, 32, generator=generator),
+            "label": torch.randint(0, 5, (200, 32, 32), generator=generator)}
+
+
+def _train_tiny(name: str, seed: int, train: dict) -> tuple[VisionTransformer, list[dict]]:
+    """What a notebook hands ``train_side_by_side``: a package-level call that trains through the cache."""
+    model = _model(seed)
+    return model, fit_or_load(name, model, train, config=TINY_RECIPE[seed], progress=False)
+
+
+def _fails(message: str) -> None:
+    raise ValueError(message)
+
+
+TINY_RECIPE = {seed: TrainConfig(epochs=2, batch_size=20, seed=seed) for seed in (0, 1)}
+
+
+def _calls(train: dict, given: VisionTransformer) -> dict:
+    """Two kinds of call: one that builds its model (seed 0), and ``fit_or_load`` of ``given`` (seed 1)."""
+    return {"seed 0": partial(_train_tiny, "side_0", 0, train),
+            "seed 1": partial(fit_or_load, "side_1", given, train, None, TINY_RECIPE[1], progress=False)}
+
+
+def test_models_trained_side_by_side_load_here_and_match_one_thread(tmp_cache, monkeypatch):
+    """At 2 threads, two calls train in two 1-thread worker processes; made here afterwards, each loads its
+    model (``fit`` is never called in this process) with the weights a 1-thread process trains.  A model
+    handed to a call is trained in the worker on a copy, then loaded here: never changed from there."""
+    train, given = _tiny_data(), _model(1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # this process's share: two workers of 1 thread
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("trained in this process: the workers' models were not loaded")
+
+    monkeypatch.setattr(train_module, "fit", not_here)
+    results = train_side_by_side(_calls(train, given))
+    monkeypatch.undo()
+    assert list(results) == ["seed 0", "seed 1"]
+    models = {0: results["seed 0"][0], 1: given}
+    histories = {0: results["seed 0"][1], 1: results["seed 1"]}
+    for seed in (0, 1):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            here = _model(seed)
+            history = fit(here, train, config=TINY_RECIPE[seed], progress=False)
+        finally:
+            torch.set_num_threads(previous)
+        assert [r["train_loss"] for r in histories[seed]] == [r["train_loss"] for r in history]
+        torch.testing.assert_close(models[seed].state_dict(), here.state_dict(), rtol=0, atol=0)
+
+
+def test_at_one_thread_the_calls_are_made_here_in_turn(tmp_cache, monkeypatch):
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a worker process was started at one thread")
+
+    monkeypatch.setattr(train_module.multiprocessing, "get_context", no_workers)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    results = train_side_by_side(_calls(_tiny_data(), _model(1)))
+    assert len(results["seed 0"][1]) == len(results["seed 1"]) == 2
+    assert (tmp_cache / "models" / "side_0.pt").exists() and (tmp_cache / "models" / "side_1.pt").exists()
+
+
+def test_a_worker_s_error_is_raised_here(tmp_cache, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="no such scenes"):
+        train_side_by_side({"a": partial(_fails, "no such scenes"), "b": partial(_fails, "no such scenes")})
 
 
 def test_flop_and_parameter_counts():
