@@ -18,6 +18,7 @@ a batch is the same dict sliced, so a model's forward receives its modalities by
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
 import multiprocessing
@@ -25,6 +26,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +67,9 @@ LABEL_KEY = "label"
 EVAL_BATCH_SIZE = 256
 THREADS_VARIABLE = "FUSION_EDU_THREADS"  # CPU threads for the notebooks, run-all and the seed sweeps
 NATIVE_BF16_CAPABILITY = (8, 0)  # CUDA compute capability from which bfloat16 runs natively (Ampere)
+# train_side_by_side runs up to this many worker processes per CPU thread at once: three models on two threads
+# train together (about 1.5 models' time), not two and then the third alone on one thread (2 models' time)
+WORKERS_PER_THREAD = 2
 
 
 @dataclass(frozen=True)
@@ -357,9 +362,28 @@ def fit_or_load(name: str, model: nn.Module, train_data: Mapping[str, Tensor],
     with made_once(path):
         history = load_checkpoint(path, model, description)
         if history is None:
+            if _LOADING_ONLY.get():
+                raise _NotCachedError(name)
             history = fit(model, train_data, val_data, config, device, progress)
             save_checkpoint(path, model, history, description)
     return history
+
+
+class _NotCachedError(Exception):
+    """Raised by ``fit_or_load`` inside ``_loading_only``: the model is not in the cache."""
+
+
+_LOADING_ONLY = contextvars.ContextVar("loading_only", default=False)
+
+
+@contextmanager
+def _loading_only() -> Iterator[None]:
+    """A block in which ``fit_or_load`` loads, and raises ``_NotCachedError`` where it would train."""
+    token = _LOADING_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOADING_ONLY.reset(token)
 
 
 def _made_in_a_worker(pickled_call: bytes) -> None:
@@ -367,32 +391,66 @@ def _made_in_a_worker(pickled_call: bytes) -> None:
     pickle.loads(pickled_call)()
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's workers now (an interrupt, another worker's error), not once their models are done."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # the executor's record of them
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _train_in_workers(calls: list[Callable[[], Any]], workers: int, threads_each: int) -> None:
+    """Make ``calls`` in ``workers`` spawned processes of ``threads_each`` threads, at most ``workers`` at a
+    time.  Each call is pickled here, as bytes, when its turn comes: the pool's own pickler would put every
+    tensor in memory shared with this process (a model a worker trains would change here too), and pickling
+    all of them at once would hold every copy of the data at once."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads_each,))
+    waiting, running = list(calls), set()
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                running.add(pool.submit(_made_in_a_worker, pickle.dumps(waiting.pop(0))))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for job in done:
+                job.result()  # a worker's exception is raised here (BrokenProcessPool if one died)
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
 def train_side_by_side(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
     """Each of ``calls`` (name -> a call that trains through ``fit_or_load``, such as
     ``partial(train_lavt, ...)``) made, its result returned under its name.
 
     A small model keeps two CPU threads only partly busy: two 1-thread processes train 1.35-1.5x the images
-    of one process at 2 threads (BENCHMARKS.md).  So on a CPU, where this process has more than one thread
-    (``use_threads``) and there is more than one call, the calls first run side by side in worker processes,
-    each on an equal share of the threads, and each one's model lands in the cache; each call is then made
-    here and loads it.  With one thread (the committed notebooks, each test worker), on a GPU, or for one
-    call, the calls are made here in turn.  A worker trains with its own share of the threads: the same
-    numbers as a process at that thread count.
+    per second of one process at 2 threads (BENCHMARKS.md).  So on a CPU, where this process has more than
+    one thread (``use_threads``) and there is more than one call, each model not in the cache yet trains in a
+    worker process, up to ``WORKERS_PER_THREAD`` of them per thread at once, each on an equal share of the
+    threads (at least one); the calls are then made here, and each loads its model.  The share depends on the
+    calls alone, not on which models were cached before, so a model trains at the same thread count (the
+    same numbers, on one machine) whatever ran before it.  With one thread (the committed notebooks, each
+    test worker), on a GPU, or for one call, the calls are made here in turn.
 
     Worker processes are started fresh ("spawn", on every platform), so each call must be picklable: a
     function of the package with its arguments (``functools.partial``), not a lambda or a function defined
     in a notebook.
     """
-    workers = min(len(calls), torch.get_num_threads())
-    if workers > 1 and default_device().type == "cpu":
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, torch.set_num_threads, (torch.get_num_threads() // workers,)) as pool:
-            # pickled here, as bytes: the pool's own pickler would put each tensor in memory shared with this
-            # process, and a model the worker trains would then change here too
-            jobs = [pool.apply_async(_made_in_a_worker, (pickle.dumps(call),)) for call in calls.values()]
-            for job in jobs:
-                job.get()  # a worker's exception is raised here; leaving the block stops the workers
-    return {name: call() for name, call in calls.items()}
+    if min(len(calls), torch.get_num_threads()) < 2 or default_device().type != "cpu":
+        return {name: call() for name, call in calls.items()}
+    workers = min(len(calls), WORKERS_PER_THREAD * torch.get_num_threads())
+    results, to_train = {}, {}
+    with _loading_only():  # what is cached loads here, with no worker started for it
+        for name, call in calls.items():
+            try:
+                results[name] = call()
+            except _NotCachedError:
+                to_train[name] = call
+        if to_train:
+            _train_in_workers(list(to_train.values()), min(workers, len(to_train)),
+                              max(1, torch.get_num_threads() // workers))
+        results |= {name: call() for name, call in to_train.items()}  # loads what its worker cached
+    return {name: results[name] for name in calls}
 
 
 def models_and_histories(trained: Mapping[str, tuple[nn.Module, list[dict]]]

@@ -2,6 +2,7 @@ import itertools
 import multiprocessing
 import os
 import re
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 
 import pytest
@@ -190,10 +191,6 @@ def _train_tiny(name: str, seed: int, train: dict) -> tuple[VisionTransformer, l
     return model, fit_or_load(name, model, train, config=TINY_RECIPE[seed], progress=False)
 
 
-def _fails(message: str) -> None:
-    raise ValueError(message)
-
-
 TINY_RECIPE = {seed: TrainConfig(epochs=2, batch_size=20, seed=seed) for seed in (0, 1)}
 
 
@@ -242,10 +239,44 @@ def test_at_one_thread_the_calls_are_made_here_in_turn(tmp_cache, monkeypatch):
     assert (tmp_cache / "models" / "side_0.pt").exists() and (tmp_cache / "models" / "side_1.pt").exists()
 
 
-def test_a_worker_s_error_is_raised_here(tmp_cache, monkeypatch):
+def test_what_is_cached_loads_here_and_what_is_not_trains_in_a_worker(tmp_cache, monkeypatch):
+    """A second run: cached models load here, and no worker process starts.  A single model left to train
+    still trains in a worker, at the share of the threads the whole set of calls gets (its numbers do not
+    depend on what was cached before)."""
+    train = _tiny_data()
+    _train_tiny("side_0", 0, train)  # cached before
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    with pytest.raises(ValueError, match="no such scenes"):
-        train_side_by_side({"a": partial(_fails, "no such scenes"), "b": partial(_fails, "no such scenes")})
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("trained in this process")
+
+    monkeypatch.setattr(train_module, "fit", not_here)
+    first = train_side_by_side(_calls(train, _model(1)))  # seed 0 loads here, seed 1 trains in a worker
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr(train_module.multiprocessing, "get_context", no_workers)
+    second = train_side_by_side(_calls(train, _model(1)))  # both load
+    assert first["seed 1"] == second["seed 1"] and first["seed 0"][1] == second["seed 0"][1]
+
+
+def _dies_in_a_worker() -> None:
+    """Not cached (in the loading pass here); in a worker, the process dies as if killed."""
+    if train_module._LOADING_ONLY.get():
+        raise train_module._NotCachedError("dies")
+    os._exit(3)
+
+
+def test_a_worker_s_error_is_raised_here_and_a_dead_worker_does_not_hang(tmp_cache, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    unlabelled = {"depth": _tiny_data()["depth"]}  # fit refuses it in the worker; the loading pass never fits
+    calls = {f"model {seed}": partial(fit_or_load, f"unlabelled_{seed}", _model(seed), unlabelled,
+                                      config=TINY_RECIPE[seed], progress=False) for seed in (0, 1)}
+    with pytest.raises(KeyError, match="targets"):
+        train_side_by_side(calls)
+    with pytest.raises(BrokenProcessPool):
+        train_side_by_side({"a": _dies_in_a_worker, "b": _dies_in_a_worker})
 
 
 def test_flop_and_parameter_counts():
