@@ -434,7 +434,8 @@ def train_side_by_side(calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]
 
     Worker processes are started fresh ("spawn", on every platform), so each call must be picklable: a
     function of the package with its arguments (``functools.partial``), not a lambda or a function defined
-    in a notebook.
+    in a notebook; and a script that calls it guards its top level with ``if __name__ == "__main__":``, as for
+    any spawned process.
     """
     if min(len(calls), torch.get_num_threads()) < 2 or default_device().type != "cpu":
         return {name: call() for name, call in calls.items()}
