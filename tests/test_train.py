@@ -179,6 +179,9 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
     assert len(histories[0]) == 3 and histories[0] == histories[1]
 
 
+TINY_RECIPE = {seed: TrainConfig(epochs=2, batch_size=20, seed=seed) for seed in (0, 1)}
+
+
 def _tiny_data() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     return {"depth": torch.rand(200, 1, 32, 32, generator=generator),
@@ -191,28 +194,25 @@ def _train_tiny(name: str, seed: int, train: dict) -> tuple[VisionTransformer, l
     return model, fit_or_load(name, model, train, config=TINY_RECIPE[seed], progress=False)
 
 
-TINY_RECIPE = {seed: TrainConfig(epochs=2, batch_size=20, seed=seed) for seed in (0, 1)}
-
-
 def _calls(train: dict, given: VisionTransformer) -> dict:
     """Two kinds of call: one that builds its model (seed 0), and ``fit_or_load`` of ``given`` (seed 1)."""
     return {"seed 0": partial(_train_tiny, "side_0", 0, train),
             "seed 1": partial(fit_or_load, "side_1", given, train, None, TINY_RECIPE[1], progress=False)}
 
 
-def test_models_trained_side_by_side_load_here_and_match_one_thread(tmp_cache, monkeypatch):
+def test_models_trained_side_by_side_load_here_and_match_one_thread(tmp_cache):
     """At 2 threads, two calls train in two 1-thread worker processes; made here afterwards, each loads its
     model (``fit`` is never called in this process) with the weights a 1-thread process trains.  A model
     handed to a call is trained in the worker on a copy, then loaded here: never changed from there."""
     train, given = _tiny_data(), _model(1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # this process's share: two workers of 1 thread
 
     def not_here(*args, **kwargs):
         raise AssertionError("trained in this process: the workers' models were not loaded")
 
-    monkeypatch.setattr(train_module, "fit", not_here)
-    results = train_side_by_side(_calls(train, given))
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:  # undone before the reference training (tmp_cache stays)
+        patch.setattr(torch, "get_num_threads", lambda: 2)  # this process's share: two workers of 1 thread
+        patch.setattr(train_module, "fit", not_here)
+        results = train_side_by_side(_calls(train, given))
     assert list(results) == ["seed 0", "seed 1"]
     models = {0: results["seed 0"][0], 1: given}
     histories = {0: results["seed 0"][1], 1: results["seed 1"]}
