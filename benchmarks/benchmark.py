@@ -85,7 +85,8 @@ def _rgbd(batch_size: int) -> dict:
 
 def _points(batch_size: int) -> dict:
     scenes = generate_pointcloud_scenes(batch_size, DATA_SEED)
-    return detection_targets(scenes, POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size)
+    return detection_targets(scenes, POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size,
+                             POINT_IMAGE["group_size"])
 
 
 def _multiscale(batch_size: int) -> dict:

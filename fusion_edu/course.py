@@ -224,8 +224,9 @@ POINT_IMAGE_ROWS = {  # notebook 04's models: the row's name, what it fuses, whe
 def point_image_experiment(device: torch.device, seed: int, progress: bool, longer: bool) -> list[Result]:
     """Notebook 04: 3-D detection from points alone, with image tokens substituted in (Sec. 3.5), and
     the three controls that read the image without scores."""
-    seeds, patch = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size
-    train, test = (detection_targets(load_pointcloud_scenes(split), seeds, patch)
+    patch = PointImageTokenFusion().patch_size
+    train, test = (detection_targets(load_pointcloud_scenes(split), POINT_IMAGE["num_seeds"], patch,
+                                     POINT_IMAGE["group_size"])
                    for split in ("train", "test"))
     models, histories = train_point_image_models(train, point_image_training(seed, longer), progress=progress)
     results = []

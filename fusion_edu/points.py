@@ -65,15 +65,24 @@ class PointTokenizer(nn.Module):
         self.pointnet = nn.Sequential(nn.Linear(3, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim))
         self.position = nn.Sequential(nn.Linear(3, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim))
 
-    def forward(self, points: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, points: Tensor, seeds: Tensor | None = None, groups: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         """Tokens ``(b m d)``, their 3-D positional embeddings ``(b m d)`` and the seeds' xyz ``(b m 3)``.
 
-        ``seeds (b m)`` indexes ``points (b n 3)``; by default farthest point sampling picks them.  The
-        tokens do not include the positions: the model adds them (and re-adds them with RPA).
+        ``seeds (b m)`` indexes ``points (b n 3)``; by default farthest point sampling picks them.
+        ``groups (b m k 3)``, the seeds' neighbourhoods (``group_points`` of these seeds), may come computed
+        once with the data: a fixed cloud has fixed groups.  The tokens do not include the positions: the
+        model adds them (and re-adds them with RPA).
         """
+        if groups is not None and seeds is None:
+            raise ValueError("groups are relative to their seeds: pass the seeds they were made from")
         if seeds is None:
             seeds = farthest_point_sample(points, self.num_seeds)
-        groups = group_points(points, seeds, self.group_size)  # b m k 3
+        if groups is None:
+            groups = group_points(points, seeds, self.group_size)  # b m k 3
+        elif groups.shape != (*seeds.shape, self.group_size, 3):
+            raise ValueError(f"expected groups of shape {(*seeds.shape, self.group_size, 3)} (batch, seeds, "
+                             f"group_size, 3), got {tuple(groups.shape)}")
         features = self.pointnet(groups).max(dim=2).values  # b m k d -> b m d: max over each group
         xyz = points[torch.arange(len(points), device=points.device)[:, None], seeds]
         return features, self.position(xyz), xyz

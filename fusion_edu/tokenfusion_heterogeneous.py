@@ -79,7 +79,7 @@ from torch import Tensor, nn
 from .blocks import LAYER_NORM_EPS, Block, ModelOutput, init_vit_weights
 from .camera import project_points
 from .datasets.pointcloud import SHAPES
-from .points import PointTokenizer, farthest_point_sample
+from .points import PointTokenizer, farthest_point_sample, group_points
 from .tokenfusion import DEFAULT_THRESHOLD, ScorePredictor, l1_sparsity
 from .train import model_outputs
 from .vit import NUM_PREFIX_TOKENS, VisionTransformer
@@ -109,6 +109,7 @@ SPARSITY_BUCKETS = {"none": (0, 0), "1-8": (1, 8), "9-32": (9, 32), "33+": (33, 
 POINT_ONLY, TOKENFUSION = "none", "tokenfusion"
 ADDITIVE, SUBSTITUTE_ALL, RANDOM = "additive", "substitute_all", "random"  # the controls
 FUSIONS = (POINT_ONLY, TOKENFUSION, ADDITIVE, SUBSTITUTE_ALL, RANDOM)
+TARGETS_CHUNK = 32  # scenes sampled and grouped at once: 2.5-3.5x faster than all at once (cache-sized)
 RANDOM_EVAL_SEED = 0  # the random control's substitutions at evaluation, the same on every run
 
 
@@ -153,9 +154,11 @@ def _projected_image(image_tokens: Tensor, patch_index: Tensor, projection: nn.M
     return projection(image_tokens.gather(1, index))  # b m d_i -> b m d_p
 
 
-def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: int) -> dict[str, Tensor]:
+def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: int, group_size: int
+                      ) -> dict[str, Tensor]:
     """The training view of point-cloud scenes: the image as floats in [0, 1], the seeds (farthest point
-    sampling, done once here rather than in every forward) and the targets.
+    sampling) and their ``groups (b m k 3)`` of ``group_size`` nearest points (both done once here rather
+    than in every forward: a fixed cloud has fixed seeds and neighbourhoods) and the targets.
 
     ``label (b m)``: each seed's class, ``BACKGROUND`` on the floor and ``SHAPES[k]`` → k + 1 on an
     object; ``seed_instance (b m)``; ``seed_centre (b m 3)``: the centre of the seed's object (zeros on
@@ -164,15 +167,17 @@ def detection_targets(scenes: Mapping[str, Tensor], num_seeds: int, patch_size: 
     patch centre — the nearest to the camera where boxes overlap — else background.
     """
     points = scenes["points"]
-    seeds = farthest_point_sample(points, num_seeds)
+    chunks = torch.arange(len(points)).split(TARGETS_CHUNK)
+    seeds = torch.cat([farthest_point_sample(points[chunk], num_seeds) for chunk in chunks])  # b m
     rows = torch.arange(len(points))[:, None]
     instance = scenes["point_instance"].long()[rows, seeds]  # b m
     on_object = instance >= 0
     object_index = instance.clamp(min=0)
     label = torch.where(on_object, scenes["object_class"][rows, object_index] + 1, BACKGROUND)
     centre = torch.where(on_object[..., None], scenes["object_centre"][rows, object_index], 0.0)
-    return {**scenes, "image": scenes["image"].float() / 255, "seeds": seeds, "label": label,
-            "seed_instance": instance, "seed_centre": centre,
+    groups = torch.cat([group_points(points[chunk], seeds[chunk], group_size) for chunk in chunks])  # b m k 3
+    return {**scenes, "image": scenes["image"].float() / 255, "seeds": seeds, "groups": groups,
+            "label": label, "seed_instance": instance, "seed_centre": centre,
             "patch_label": _patch_labels(scenes, patch_size)}
 
 
@@ -255,7 +260,8 @@ class PointImageTokenFusion(nn.Module):
                 f"rpa={self.rpa}")
 
     def forward(self, inputs: Mapping[str, Tensor], return_attention: bool = False) -> PointImageOutput:
-        tokens, positions, xyz = self.tokenizer(inputs["points"], inputs.get("seeds"))  # b m d, b m d, b m 3
+        points, seeds, groups = inputs["points"], inputs.get("seeds"), inputs.get("groups")
+        tokens, positions, xyz = self.tokenizer(points, seeds, groups)  # b m d, b m d, b m 3
         scores, substituted, attention = [], [], []
         if self.fusion != POINT_ONLY:
             image = self.image.embed(inputs["image"])  # b 1+N d_i

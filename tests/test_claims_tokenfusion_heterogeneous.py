@@ -52,6 +52,7 @@ CONTROLS = ("additive", "substitute all", "random")
 SELECTIVE = 0.98  # TokenFusion substitutes fewer than this share of the tokens with a patch, in some layer
 SHARE_TOLERANCE = 0.05  # the random control's share (measured on training scenes) vs TokenFusion's on test
 SEEDS_PER_CLOUD, PATCH = POINT_IMAGE["num_seeds"], PointImageTokenFusion().patch_size
+GROUP = POINT_IMAGE["group_size"]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def detection_tables(claims_cache) -> dict[int, dict[str, dict[str, tuple[float,
     tables = {}
     for seed in SEEDS:
         with claims_cache("pointimage", seed):
-            train, test = (detection_targets(load_pointcloud_scenes(split, seed=seed), SEEDS_PER_CLOUD, PATCH)
-                           for split in ("train", "test"))
+            train, test = (detection_targets(load_pointcloud_scenes(split, seed=seed), SEEDS_PER_CLOUD, PATCH,
+                                             GROUP) for split in ("train", "test"))
             models, _ = train_point_image_models(train, point_image_training(seed), progress=False)
             tables[seed] = {"share": {"TokenFusion": substitution_share(models["TokenFusion"], test),
                                       "random": list(models["random"].random_share)}}

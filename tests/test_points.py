@@ -49,3 +49,9 @@ def test_bad_point_inputs_raise_clear_errors():
         farthest_point_sample(torch.ones(1, 0, 3), 2)
     with pytest.raises(ValueError, match=r"group_size <= the number of points \(5\), got 8"):
         group_points(torch.ones(1, 5, 3), torch.zeros(1, 2, dtype=torch.long), 8)
+    tokenizer = PointTokenizer(num_seeds=2, group_size=3, embed_dim=4)
+    points, seeds = torch.randn(1, 5, 3), torch.tensor([[0, 4]])
+    with pytest.raises(ValueError, match=r"groups of shape \(1, 2, 3, 3\) .*, got \(1, 2, 4, 3\)"):
+        tokenizer(points, seeds, group_points(points, seeds, 4))
+    with pytest.raises(ValueError, match="groups are relative to their seeds"):
+        tokenizer(points, None, group_points(points, seeds, 3))

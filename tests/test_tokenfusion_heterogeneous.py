@@ -4,9 +4,11 @@ import torch
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from fusion_edu import tokenfusion_heterogeneous
 from fusion_edu.camera import intrinsics
 from fusion_edu.datasets.pointcloud import PointCloudConfig, generate_pointcloud_scenes
 from fusion_edu.plotting import plot_point_substitution
+from fusion_edu.points import farthest_point_sample, group_points
 from fusion_edu.tokenfusion_heterogeneous import (
     BACKGROUND,
     FUSIONS,
@@ -32,7 +34,7 @@ SMALL = dict(num_seeds=16, group_size=4, point_dim=16, image_dim=8, depth=2, num
 @pytest.fixture(scope="module")
 def scenes():
     raw = generate_pointcloud_scenes(6, [3, 0], PointCloudConfig(num_points=128, num_rays=1500))
-    return detection_targets(raw, num_seeds=16, patch_size=8)
+    return detection_targets(raw, num_seeds=16, patch_size=8, group_size=SMALL["group_size"])
 
 
 def _identity_camera():
@@ -184,6 +186,21 @@ def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
     assert torch.equal(scenes["label"][on_object], expected)
     assert scenes["image"].dtype == torch.float32 and scenes["image"].max() <= 1
     assert (scenes["patch_label"] > 0).sum() > 0  # projected object centres mark image patches
+
+
+def test_groups_made_once_with_the_data_are_those_each_forward_would_make(scenes, monkeypatch):
+    raw = {key: value for key, value in scenes.items() if key != "groups"}
+    monkeypatch.setattr(tokenfusion_heterogeneous, "TARGETS_CHUNK", 4)  # 6 scenes: two chunks
+    chunked = detection_targets(raw, num_seeds=16, patch_size=8, group_size=SMALL["group_size"])
+    assert torch.equal(chunked["seeds"], farthest_point_sample(raw["points"], 16))
+    one_by_one = torch.cat([group_points(raw["points"][[b]], raw["seeds"][[b]], SMALL["group_size"])
+                            for b in range(len(raw["points"]))])
+    assert torch.equal(chunked["groups"], one_by_one) and one_by_one.shape == (6, 16, SMALL["group_size"], 3)
+    with seeded(0):
+        model = PointImageTokenFusion("tokenfusion", **SMALL)
+    with_groups, without = model(scenes), model(raw)
+    assert torch.equal(with_groups.logits, without.logits)
+    assert torch.equal(with_groups.aux_loss, without.aux_loss)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

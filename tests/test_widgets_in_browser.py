@@ -66,7 +66,8 @@ WIDGETS = {
         ["sample", "layer", "theta"]),
     "04 point substitution": (
         "cloud_config = PointCloudConfig(num_points=128, num_rays=1500)\n"
-        "clouds = detection_targets(generate_pointcloud_scenes(4, 0, cloud_config), 16, patch_size=8)\n"
+        "clouds = detection_targets(generate_pointcloud_scenes(4, 0, cloud_config), 16, patch_size=8,\n"
+        "                           group_size=4)\n"
         "with seeded(0):\n"
         "    points_model = PointImageTokenFusion(num_seeds=16, group_size=4, point_dim=16, image_dim=8,\n"
         "                                         depth=2, num_heads=2, image_size=64, patch_size=8,\n"
