@@ -70,9 +70,10 @@ class PointTokenizer(nn.Module):
         """Tokens ``(b m d)``, their 3-D positional embeddings ``(b m d)`` and the seeds' xyz ``(b m 3)``.
 
         ``seeds (b m)`` indexes ``points (b n 3)``; by default farthest point sampling picks them.
-        ``groups (b m k 3)``, the seeds' neighbourhoods (``group_points`` of these seeds), may come computed
-        once with the data: a fixed cloud has fixed groups.  The tokens do not include the positions: the
-        model adds them (and re-adds them with RPA).
+        ``groups (b m k 3)``, the seeds' neighbourhoods, may come computed once with the data (a fixed cloud
+        has fixed groups); they must be ``group_points(points, seeds, group_size)`` of these very points and
+        seeds: only their shape is checked.  The tokens do not include the positions: the model adds them
+        (and re-adds them with RPA).
         """
         if groups is not None and seeds is None:
             raise ValueError("groups are relative to their seeds: pass the seeds they were made from")
@@ -82,7 +83,8 @@ class PointTokenizer(nn.Module):
             groups = group_points(points, seeds, self.group_size)  # b m k 3
         elif groups.shape != (*seeds.shape, self.group_size, 3):
             raise ValueError(f"expected groups of shape {(*seeds.shape, self.group_size, 3)} (batch, seeds, "
-                             f"group_size, 3), got {tuple(groups.shape)}")
+                             f"group_size, 3), got {tuple(groups.shape)}: make them with this tokenizer's "
+                             f"group_size, {self.group_size}")
         features = self.pointnet(groups).max(dim=2).values  # b m k d -> b m d: max over each group
         xyz = points[torch.arange(len(points), device=points.device)[:, None], seeds]
         return features, self.position(xyz), xyz

@@ -241,7 +241,8 @@ def train_point_image(name: str, train: Mapping[str, Tensor], config: TrainConfi
                       progress: bool = True, **options: object) -> tuple[PointImageTokenFusion, list[dict]]:
     """``PointImageTokenFusion(fusion, **POINT_IMAGE, **options)`` trained with ``config`` (or loaded).
 
-    ``train`` comes from ``detection_targets`` (seeds and targets computed once)."""
+    ``train`` comes from ``detection_targets`` (seeds, their groups and the targets computed once), with
+    ``POINT_IMAGE``'s ``num_seeds`` and ``group_size``."""
     with seeded(config.seed):
         model = PointImageTokenFusion(fusion=fusion, **{**POINT_IMAGE, **options})
     history = fit_or_load(f"point_image_{name}_seed{config.seed}", model, train, None, config,

@@ -200,6 +200,8 @@ def test_groups_made_once_with_the_data_are_those_each_forward_would_make(scenes
         model = PointImageTokenFusion("tokenfusion", **SMALL)
     with_groups, without = model(scenes), model(raw)
     assert torch.equal(with_groups.logits, without.logits)
+    wrong = model({**scenes, "groups": torch.zeros_like(scenes["groups"])})  # stored groups are what it reads
+    assert not torch.equal(wrong.logits, with_groups.logits)
     assert torch.equal(with_groups.aux_loss, without.aux_loss)
 
 
