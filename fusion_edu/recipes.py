@@ -262,9 +262,9 @@ def train_point_image_models(train: Mapping[str, Tensor], config: TrainConfig, p
     the image without scores (the random one at TokenFusion's share per layer, measured on the first
     ``SHARE_SCENES`` training scenes).  Returns the models and their training histories by name.
 
-    Trained side by side where the CPU allows (``train_side_by_side``), in two rounds of about equal work
-    on two cores: TokenFusion with point-only and the additive control, then, with TokenFusion's share
-    measured, the two substituting controls."""
+    Trained side by side where the CPU allows (``train_side_by_side``), in two rounds as even as the random
+    control's need for TokenFusion's share allows: TokenFusion with point-only and the additive control,
+    then, with TokenFusion's share measured, the two substituting controls."""
     def call(name: str, **options: object) -> partial:
         fusion = POINT_IMAGE_MODELS[name]
         return partial(train_point_image, name.lower().replace(" ", "_"), train, config, fusion, progress,

@@ -192,7 +192,7 @@ def test_groups_made_once_with_the_data_are_those_each_forward_would_make(scenes
     raw = {key: value for key, value in scenes.items() if key != "groups"}
     monkeypatch.setattr(tokenfusion_heterogeneous, "TARGETS_CHUNK", 4)  # 6 scenes: two chunks
     chunked = detection_targets(raw, num_seeds=16, patch_size=8, group_size=SMALL["group_size"])
-    assert torch.equal(chunked["seeds"], farthest_point_sample(raw["points"], 16))
+    assert torch.equal(chunked["seeds"], farthest_point_sample(raw["points"], SMALL["num_seeds"]))
     one_by_one = torch.cat([group_points(raw["points"][[b]], raw["seeds"][[b]], SMALL["group_size"])
                             for b in range(len(raw["points"]))])
     assert torch.equal(chunked["groups"], one_by_one) and one_by_one.shape == (6, 16, SMALL["group_size"], 3)
@@ -200,9 +200,9 @@ def test_groups_made_once_with_the_data_are_those_each_forward_would_make(scenes
         model = PointImageTokenFusion("tokenfusion", **SMALL)
     with_groups, without = model(scenes), model(raw)
     assert torch.equal(with_groups.logits, without.logits)
+    assert torch.equal(with_groups.aux_loss, without.aux_loss)
     wrong = model({**scenes, "groups": torch.zeros_like(scenes["groups"])})  # stored groups are what it reads
     assert not torch.equal(wrong.logits, with_groups.logits)
-    assert torch.equal(with_groups.aux_loss, without.aux_loss)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
