@@ -191,7 +191,7 @@ def test_detection_targets_label_seeds_by_the_object_they_lie_on(scenes):
 def test_groups_made_once_with_the_data_are_those_each_forward_would_make(scenes, monkeypatch):
     raw = {key: value for key, value in scenes.items() if key != "groups"}
     monkeypatch.setattr(tokenfusion_heterogeneous, "TARGETS_CHUNK", 4)  # 6 scenes: two chunks
-    chunked = detection_targets(raw, num_seeds=16, patch_size=8, group_size=SMALL["group_size"])
+    chunked = detection_targets(raw, SMALL["num_seeds"], patch_size=8, group_size=SMALL["group_size"])
     assert torch.equal(chunked["seeds"], farthest_point_sample(raw["points"], SMALL["num_seeds"]))
     one_by_one = torch.cat([group_points(raw["points"][[b]], raw["seeds"][[b]], SMALL["group_size"])
                             for b in range(len(raw["points"]))])
